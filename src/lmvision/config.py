@@ -1,0 +1,39 @@
+"""Config plumbing shared by the entry points: where `conf/` lives and our OmegaConf resolvers.
+
+Only omegaconf is imported here, so composing a config stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lmvision.data import spec
+
+
+def config_dir() -> str:
+    """The directory holding `train.yaml`: the checkout's `conf/`, or the copy inside a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "conf", here / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"lmvision configs not found next to {here} (looked for conf/train.yaml)")
+
+
+def register_resolvers() -> None:
+    """Resolvers that derive data properties from a dataset's options, e.g. `num_classes`.
+
+    `${lmv.num_classes:shapes,${.target}}` lets `data.num_classes` follow `data.target`, so a
+    strategy can interpolate `${data.num_classes}` without anyone instantiating the data.
+    """
+    resolvers = {
+        "lmv.num_classes": spec.num_classes,
+        "lmv.task": spec.task,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+register_resolvers()

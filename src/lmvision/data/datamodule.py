@@ -1,0 +1,226 @@
+"""One datamodule for every dataset: seeded splits, v2 transforms, validation, collate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from lmvision.data.collate import BatchCollator
+
+
+class DataConfigError(ValueError):
+    """Bad data options or bad data; raised before training starts."""
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Splits a dataset into train/val/test with a seed and serves batches as dicts.
+
+    The dataset returns items ``{"image": uint8 (C, H, W), "label", "text"?, "caption"?}`` and
+    exposes ``classes``, ``image_size``, ``channels`` and ``task``. The values given here for
+    ``num_classes``, ``image_size``, ``channels`` and ``task`` come from the data config (other
+    groups interpolate them); they are checked against the dataset so the two never disagree.
+
+    Args:
+        dataset: The full dataset, already built.
+        num_classes: Number of classes (or tags, for multi-label data).
+        image_size: Side of the images in pixels.
+        channels: Image channels (1 or 3).
+        task: ``multiclass`` or ``multilabel``.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for val/test (defaults to ``batch_size``).
+        num_workers: DataLoader worker processes.
+        val_fraction: Share of the items held out for validation.
+        test_fraction: Share of the items held out for testing.
+        split_seed: Seed of the split; the same seed gives the same split.
+        augment: torchvision v2 transforms applied to training images only (after conversion to
+            float in [0, 1], before normalisation).
+        mean: Per-channel mean for normalisation (default 0.5).
+        std: Per-channel std for normalisation (default 0.5).
+        tokenizer: Tokenizer for ``text``/``caption``; ``None`` keeps raw strings only.
+        max_text_length: Longest token sequence kept by the collate.
+        pin_memory: Pin batches in memory (useful with a GPU).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_classes: int,
+        image_size: int,
+        channels: int,
+        task: str = "multiclass",
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        augment: Sequence[Callable] | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        tokenizer: Any | None = None,
+        max_text_length: int = 64,
+        pin_memory: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.classes: list[str] = list(dataset.classes)
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.task = task
+        self.name = name or type(dataset).__name__
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.collate = BatchCollator(tokenizer, max_text_length)
+        self.tokenizer = tokenizer
+        self._check_options(val_fraction, test_fraction)
+        validate_dataset(dataset, self.num_classes, self.task)
+
+        mean = list(mean) if mean is not None else [0.5] * self.channels
+        std = list(std) if std is not None else [0.5] * self.channels
+        base = [v2.ToDtype(torch.float32, scale=True)]
+        norm = [v2.Normalize(mean=mean, std=std)]
+        self.train_transform = v2.Compose(base + list(augment or []) + norm)
+        self.eval_transform = v2.Compose(base + norm)
+        self.mean, self.std = mean, std
+
+        self.split = seeded_split(len(dataset), val_fraction, test_fraction, split_seed)
+        self.data_train = self.data_val = self.data_test = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return getattr(self.dataset, "fingerprint", None)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is None:
+            self.data_train = TransformedSubset(self.dataset, self.split["train"],
+                                                self.train_transform)
+            self.data_val = TransformedSubset(self.dataset, self.split["val"], self.eval_transform)
+            self.data_test = TransformedSubset(self.dataset, self.split["test"],
+                                               self.eval_transform)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def _loader(self, data, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            data, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+            collate_fn=self.collate, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _check_options(self, val_fraction: float, test_fraction: float) -> None:
+        ds = self.dataset
+        checks = [
+            ("data.num_classes", self.num_classes, len(self.classes)),
+            ("data.image_size", self.image_size, getattr(ds, "image_size", self.image_size)),
+            ("data.channels", self.channels, getattr(ds, "channels", self.channels)),
+            ("data.task", self.task, getattr(ds, "task", self.task)),
+        ]
+        for option, given, actual in checks:
+            if given != actual:
+                raise DataConfigError(
+                    f"{option}={given!r} but the {type(ds).__name__} gives {actual!r}; "
+                    f"set {option}={actual!r} or change the dataset options"
+                )
+        if self.task not in ("multiclass", "multilabel"):
+            raise DataConfigError(f"data.task must be 'multiclass' or 'multilabel', got {self.task!r}")
+        if self.batch_size < 1:
+            raise DataConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        for option, value in (("data.val_fraction", val_fraction),
+                              ("data.test_fraction", test_fraction)):
+            if not 0.0 < value < 1.0:
+                raise DataConfigError(f"{option} must be between 0 and 1, got {value}")
+        if val_fraction + test_fraction >= 1.0:
+            raise DataConfigError(
+                f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} "
+                "leaves nothing to train on; keep their sum below 1"
+            )
+        n_val = round(len(ds) * val_fraction)
+        n_test = round(len(ds) * test_fraction)
+        if min(n_val, n_test, len(ds) - n_val - n_test) < 1:
+            raise DataConfigError(
+                f"{type(ds).__name__} has {len(ds)} items: too few for a train/val/test split "
+                f"with val_fraction={val_fraction} and test_fraction={test_fraction}"
+            )
+
+
+class TransformedSubset(Dataset):
+    """A view of some items of a dataset with a transform on the image; adds ``index``."""
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor, transform: Callable) -> None:
+        self.dataset = dataset
+        self.indices = indices
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        index = int(self.indices[i])
+        item = dict(self.dataset[index])
+        item["image"] = self.transform(item["image"])
+        item["index"] = index  # position in the full dataset (used to cache per-item features)
+        return item
+
+
+def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Indices of train/val/test drawn from a permutation seeded by ``seed`` alone."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return {
+        "test": perm[:n_test].sort().values,
+        "val": perm[n_test:n_test + n_val].sort().values,
+        "train": perm[n_test + n_val:].sort().values,
+    }
+
+
+def validate_dataset(dataset: Dataset, num_classes: int, task: str) -> None:
+    """Check labels and strings of every item; raise one error naming the first bad row."""
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = [dataset[i]["label"] for i in range(len(dataset))]
+    labels = torch.as_tensor(labels)
+    if len(labels) != len(dataset):
+        raise DataConfigError(f"{type(dataset).__name__}: {len(labels)} labels for {len(dataset)} items")
+    name = type(dataset).__name__
+    if task == "multiclass":
+        bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+        if len(bad):
+            row = int(bad[0, 0])
+            raise DataConfigError(
+                f"{name}: row {row} has label {int(labels[row])}, outside 0..{num_classes - 1}"
+            )
+    else:
+        if labels.ndim != 2 or labels.shape[1] != num_classes:
+            raise DataConfigError(
+                f"{name}: multi-label targets must have shape (N, {num_classes}), "
+                f"got {tuple(labels.shape)}"
+            )
+        bad = ((labels != 0) & (labels != 1)).any(dim=1).nonzero()
+        if len(bad):
+            raise DataConfigError(f"{name}: row {int(bad[0, 0])} has a tag that is not 0 or 1")
+    for key in ("captions", "texts"):
+        strings = getattr(dataset, key, None)
+        if strings is None:
+            continue
+        for row, s in enumerate(strings):
+            if not isinstance(s, str) or not s.strip():
+                raise DataConfigError(f"{name}: row {row} has an empty {key[:-1]}")

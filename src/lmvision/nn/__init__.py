@@ -1,0 +1,1 @@
+"""Plain torch modules with explicit constructor arguments: encoders, heads, fusions, decoders."""

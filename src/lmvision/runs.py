@@ -1,0 +1,168 @@
+"""The run record: ``metrics.json``, ``run.json``, seeding, and the lines a run prints last.
+
+Every run writes into its Hydra run directory. ``run.json`` is written when the run starts
+(status ``running``), updated when it ends (``completed``) or fails (``failed``, with the
+error); nothing already written is removed. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
+            "hydra-core", "omegaconf", "wandb", "numpy", "scikit-learn", "timm")
+HEADLINE_PREFIXES = ("test/", "val/acc_best")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def flat_metrics(*sources: dict) -> dict[str, float]:
+    """Merge metric dicts (tensors or numbers) into ``{"test/acc": 0.97, ...}`` with plain floats."""
+    out: dict[str, float] = {}
+    for source in sources:
+        for key, value in (source or {}).items():
+            try:
+                number = float(value.item() if hasattr(value, "item") else value)
+            except (TypeError, ValueError, RuntimeError):
+                continue
+            if math.isfinite(number):
+                out[str(key)] = number
+    return dict(sorted(out.items()))
+
+
+def git_info(start: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the lmvision checkout (``None`` outside a git checkout)."""
+    where = str(start or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info(trainer) -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {
+        "accelerator": type(trainer.accelerator).__name__,
+        "strategy": type(trainer.strategy).__name__,
+        "devices": trainer.num_devices,
+        "nodes": trainer.num_nodes,
+        "world_size": trainer.world_size,
+        "root_device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "hostname": platform.node(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class RunRecord:
+    """Writes ``run.json`` and ``metrics.json`` of one run (only on the global rank 0 process).
+
+    Args:
+        run_dir: The run directory.
+        seed: The run's seed.
+        job_type: ``train`` or ``eval``.
+        config: The resolved config (a plain dict), summarised in run.json.
+    """
+
+    def __init__(self, run_dir: Path, seed: int | None, job_type: str, config: dict | None = None) -> None:
+        from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+        self.run_dir = Path(run_dir)
+        self.enabled = rank_zero_only.rank == 0
+        self.started = time.time()
+        self.info: dict[str, Any] = {
+            "status": "running",
+            "job_type": job_type,
+            "seed": seed,
+            "run_dir": str(self.run_dir.resolve()),
+            "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "git": git_info(),
+            "packages": package_versions(),
+            "python": platform.python_version(),
+        }
+        if config is not None:
+            self.info["choices"] = config.get("choices")
+        self._write()
+
+    def update(self, **fields: Any) -> None:
+        self.info.update(fields)
+        self._write()
+
+    def finish(self, metrics: dict[str, float], **fields: Any) -> None:
+        """Write metrics.json, then mark run.json completed."""
+        if self.enabled:
+            write_json(self.run_dir / "metrics.json", metrics)
+        self.update(status="completed", wall_time_s=round(time.time() - self.started, 3),
+                    ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
+
+    def fail(self, error: BaseException) -> None:
+        """Mark run.json failed with the error; checkpoints and earlier files stay."""
+        self.update(status="failed", error=f"{type(error).__name__}: {error}",
+                    wall_time_s=round(time.time() - self.started, 3),
+                    ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def _write(self) -> None:
+        if self.enabled:
+            write_json(self.run_dir / "run.json", self.info)
+
+
+def wandb_info(loggers) -> dict[str, Any] | None:
+    """Id, mode and directory of the W&B run among ``loggers`` (``None`` without W&B)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
+            return {"id": run.id, "project": run.project, "group": run.group,
+                    "mode": "offline" if run.settings._offline else "online",
+                    "dir": str(run_dir) if run_dir else None,
+                    "url": getattr(run, "url", None)}
+    return None
+
+
+def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
+    """The last lines of a run: where it is and its headline metrics."""
+    headline = {k: v for k, v in metrics.items() if k.startswith(HEADLINE_PREFIXES)
+                and not k.endswith("/loss")}
+    print(f"Run directory: {Path(run_dir).resolve()}", flush=True)
+    print("Metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in headline.items()), flush=True)

@@ -1,0 +1,1 @@
+"""One LightningModule per strategy; each owns its loss, steps, metrics and optimiser wiring."""

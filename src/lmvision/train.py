@@ -1,0 +1,101 @@
+"""Train a strategy: compose the config, instantiate, fit, test, write the run record.
+
+    python -m lmvision.train                                   # the default experiment
+    python -m lmvision.train data=digits backbone=resnet18     # swap parts by name
+    python -m lmvision.train -m seed=0,1,2                     # a sweep
+    python -m lmvision.train --help                            # config groups and options
+
+Only Hydra and OmegaConf are imported at module level: ``--help`` and ``--cfg job`` stay fast.
+"""
+
+from __future__ import annotations
+
+import time
+
+import hydra
+from omegaconf import DictConfig
+
+from lmvision.config import config_dir
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    metric = cfg.get("optimized_metric")
+    return metrics.get(metric) if metric else None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Run one training job described by ``cfg``; returns its flat metrics."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from lmvision import build, runs
+    from lmvision.callbacks import ConfigInCheckpoint
+
+    out = build.run_dir(cfg)
+    record = runs.RunRecord(out, cfg.seed, "train", {"choices": build.group_choices()})
+    with build.clear_errors(record):
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data.datamodule)
+        model = instantiate(cfg.strategy)
+        callbacks = build.instantiate_group(cfg.get("callbacks"))
+        callbacks.append(ConfigInCheckpoint(build.config_container(cfg, resolve=False),
+                                            build.group_choices()))
+        loggers = build.instantiate_group(cfg.get("logger"))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(build.config_container(cfg, resolve=True))
+        record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
+                      device=runs.device_info(trainer), wandb=runs.wandb_info(trainer.loggers))
+        fit_metrics, fit_seconds = {}, 0.0
+        if cfg.get("train", True):
+            started = time.perf_counter()
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            fit_seconds = time.perf_counter() - started
+            fit_metrics = dict(trainer.callback_metrics)
+        test_metrics = {}
+        if cfg.get("test", True):
+            ckpt = best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
+            results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
+            test_metrics = results[0] if results else {}
+            record.update(tested_checkpoint=ckpt)
+        metrics = runs.flat_metrics(fit_metrics, test_metrics)
+        record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=checkpoints(trainer),
+                      wandb=runs.wandb_info(trainer.loggers))
+    except BaseException as err:
+        record.fail(err)
+        raise
+    finally:
+        finish_wandb(trainer)
+    if trainer.is_global_zero:
+        runs.print_summary(out, metrics)
+    return metrics
+
+
+def best_checkpoint(trainer) -> str | None:
+    """The best checkpoint of this fit if one was saved, else ``None`` (the current weights)."""
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path or None
+
+
+def checkpoints(trainer) -> dict[str, str | None]:
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return {"best": None, "last": None}
+    return {"best": callback.best_model_path or None, "last": callback.last_model_path or None}
+
+
+def finish_wandb(trainer) -> None:
+    """Close the W&B run so an offline run is complete on disk and ready for ``wandb sync``."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in getattr(trainer, "loggers", []):
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
+
+
+if __name__ == "__main__":
+    main()
