@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 # Errors in the user's options or data: reported in one line, before training starts.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ImportError)
@@ -35,9 +35,10 @@ def instantiate_group(node: DictConfig | None) -> list[Any]:
 
 def config_container(cfg: DictConfig, resolve: bool) -> dict:
     """The config as plain containers, without Hydra's own node."""
-    data = OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False)
-    data.pop("hydra", None)
-    return data
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.to_container(cfg, resolve=resolve, throw_on_missing=False)
 
 
 def group_choices() -> dict[str, str]:

@@ -66,6 +66,8 @@ def wandb_logger(
     from lightning_fabric.utilities.rank_zero import rank_zero_only
     from pytorch_lightning.loggers import WandbLogger
 
+    if os.environ.get("WANDB_MODE", None) == "":
+        del os.environ["WANDB_MODE"]  # wandb rejects an empty mode; empty means "not set"
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if mode == "offline" and rank_zero_only.rank == 0:

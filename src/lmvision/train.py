@@ -11,6 +11,7 @@ Only Hydra and OmegaConf are imported at module level: ``--help`` and ``--cfg jo
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -82,10 +83,13 @@ def best_checkpoint(trainer) -> str | None:
 
 
 def checkpoints(trainer) -> dict[str, str | None]:
+    """Paths of the best and last checkpoints of this fit (``None`` where none was saved)."""
     callback = trainer.checkpoint_callback
-    if callback is None:
+    if callback is None or not callback.dirpath:
         return {"best": None, "last": None}
-    return {"best": callback.best_model_path or None, "last": callback.last_model_path or None}
+    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+    return {"best": callback.best_model_path or None,
+            "last": callback.last_model_path or (str(last) if last.is_file() else None)}
 
 
 def finish_wandb(trainer) -> None:

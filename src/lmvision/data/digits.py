@@ -22,7 +22,7 @@ _CAPTIONS = (
 _TEXTS = (
     "a handwritten digit",
     "a digit scanned from a form",
-    "one handwritten character from a scanned page",
+    "a handwritten character from a scanned page",
     "a low-resolution scan of a digit",
 )
 

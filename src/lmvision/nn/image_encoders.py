@@ -96,8 +96,10 @@ class TorchvisionEncoder(nn.Module):
                 f"backbone.name={name!r}: lmvision knows torchvision models with `fc`, with "
                 "`features` + `classifier`, and ViTs; use backbone=timm for others"
             )
+        self.eval()  # probe the feature size without touching batch-norm statistics
         with torch.no_grad():
             probe = self.tokens(torch.zeros(1, in_channels, image_size, image_size))
+        self.train()
         self.out_dim = int(probe.shape[-1])
 
     def _rgb(self, images: torch.Tensor) -> torch.Tensor:

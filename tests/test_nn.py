@@ -1,0 +1,61 @@
+"""The encoder API (forward, tokens, out_dim) of every backbone, and the heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmvision.nn.heads import LinearHead, MLPHead
+from lmvision.nn.image_encoders import SmallCNN, SmallViT, TimmEncoder, TorchvisionEncoder
+
+
+def check_encoder(encoder, channels=3, size=32):
+    images = torch.randn(2, channels, size, size, requires_grad=True)
+    pooled, tokens = encoder(images), encoder.tokens(images)
+    assert pooled.shape == (2, encoder.out_dim)
+    assert tokens.ndim == 3 and tokens.shape[0] == 2 and tokens.shape[2] == encoder.out_dim
+    (pooled * torch.randn_like(pooled)).sum().backward()  # a plain sum is flat after LayerNorm
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_small_cnn(channels):
+    check_encoder(SmallCNN(in_channels=channels, widths=(8, 16), out_dim=24), channels)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("resnet18", {}),
+    ("resnet18", {"small_input": True}),
+    ("mobilenet_v3_small", {}),
+    ("vit_b_16", {"image_size": 32}),
+])
+def test_torchvision_models_by_name(name, kwargs):
+    size = kwargs.pop("image_size", 32)
+    encoder = TorchvisionEncoder(name, in_channels=1, image_size=size, **kwargs)
+    check_encoder(encoder, channels=1, size=size)
+
+
+def test_torchvision_unknown_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"backbone.name='resnet_999' is not a torchvision model"):
+        TorchvisionEncoder("resnet_999")
+
+
+def test_small_vit_tokens_include_class_token():
+    vit = SmallViT(image_size=16, patch_size=4, dim=32, depth=2, heads=4)
+    check_encoder(vit, size=16)
+    assert vit.tokens(torch.randn(1, 3, 16, 16)).shape == (1, 17, 32)
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        SmallViT(image_size=30, patch_size=4)
+
+
+def test_timm_models_by_name():
+    pytest.importorskip("timm")
+    check_encoder(TimmEncoder("resnet18", in_channels=3))
+    with pytest.raises(ValueError, match="is not a timm model"):
+        TimmEncoder("no_such_model_anywhere")
+
+
+@pytest.mark.parametrize("head", [LinearHead(16, 5), MLPHead(16, 5, hidden_dim=8)])
+def test_heads(head):
+    out = head(torch.randn(3, 16))
+    assert out.shape == (3, 5)
