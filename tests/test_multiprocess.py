@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,26 @@ def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         seen.add((record["seed"], record["choices"]["backbone"]))
     assert seen == {(s, b) for s in (0, 1, 2) for b in ("small_cnn", "resnet18")}
+    check_compare_notebook(sweep)
+
+
+def check_compare_notebook(runs_dir):
+    """notebooks/compare_runs.ipynb runs on a real sweep and reports both backbones."""
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "notebooks" / "compare_runs.ipynb", as_version=4)
+    os.environ["LMVISION_RUNS_DIR"] = str(runs_dir)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    finally:
+        del os.environ["LMVISION_RUNS_DIR"]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "6 completed runs" in text
+    assert "image_classifier | shapes | small_cnn | 3 |" in text
+    assert "image_classifier | shapes | resnet18 | 3 |" in text
 
 
 def test_ddp_on_cpu_trains_with_two_processes_and_one_run_record(tmp_path):

@@ -11,6 +11,7 @@ import torch
 
 from conftest import CONF, ROOT, run_cli
 from lmvision.evaluate import evaluate
+from lmvision.runs import collect_runs
 from lmvision.train import train
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -49,6 +50,8 @@ def test_run_record_contents(make_cfg, tmp_path):
     assert (out / ".hydra").exists() is False  # compose API: Hydra writes .hydra only from the CLI
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == ["test_confusion_matrix.png", "test_predictions.png"]
+    (row,) = collect_runs(tmp_path)
+    assert row["seed"] == 3 and row["backbone"] == "small_cnn" and row["test/acc"] == metrics["test/acc"]
 
 
 def test_multilabel_tagging_uses_bce_and_reports_exact_match(make_cfg):
@@ -133,6 +136,7 @@ def test_default_command_trains_and_prints_run_dir_and_metrics(tmp_path):
     (["data.target=size_of_moon"], "data.target='size_of_moon' is not a target of the shapes dataset"),
     (["backbone=resnet18", "backbone.name=resnet_999"], "backbone.name='resnet_999' is not a torchvision model"),
     (["data.val_fraction=0.7", "data.test_fraction=0.5"], "leaves nothing to train on"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: no such checkpoint file"),
 ])
 def test_bad_options_give_one_clear_error(tmp_path, args, message):
     result = run_cli(["-m", "lmvision.train", *args, "logger=csv", f"hydra.run.dir={tmp_path}"],

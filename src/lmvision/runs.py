@@ -166,3 +166,25 @@ def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
                 and not k.endswith("/loss")}
     print(f"Run directory: {Path(run_dir).resolve()}", flush=True)
     print("Metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in headline.items()), flush=True)
+
+
+def collect_runs(root: str | Path) -> list[dict[str, Any]]:
+    """Every completed run under ``root`` as one flat row: choices, seed, metrics, timings.
+
+    Reads only the run record (``run.json`` + ``metrics.json``), so it works on run directories
+    copied from a cluster without lmvision's heavy dependencies.
+    """
+    rows = []
+    for record_path in sorted(Path(root).rglob("run.json")):
+        record = json.loads(record_path.read_text())
+        metrics_path = record_path.with_name("metrics.json")
+        if record.get("status") != "completed" or not metrics_path.is_file():
+            continue
+        row: dict[str, Any] = {"run_dir": str(record_path.parent), "seed": record.get("seed"),
+                               "job_type": record.get("job_type"),
+                               "fit_seconds": record.get("fit_seconds"),
+                               "wall_time_s": record.get("wall_time_s")}
+        row.update(record.get("choices") or {})
+        row.update(json.loads(metrics_path.read_text()))
+        rows.append(row)
+    return rows

@@ -37,6 +37,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out = build.run_dir(cfg)
     record = runs.RunRecord(out, cfg.seed, "train", {"choices": build.group_choices()})
     with build.clear_errors(record):
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path is not None and not Path(str(ckpt_path)).expanduser().is_file():
+            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file to resume from")
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = instantiate(cfg.data.datamodule)
         model = instantiate(cfg.strategy)
@@ -53,12 +56,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         fit_metrics, fit_seconds = {}, 0.0
         if cfg.get("train", True):
             started = time.perf_counter()
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_seconds = time.perf_counter() - started
             fit_metrics = dict(trainer.callback_metrics)
         test_metrics = {}
         if cfg.get("test", True):
-            ckpt = best_checkpoint(trainer) if cfg.get("train", True) else cfg.get("ckpt_path")
+            ckpt = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
             results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
             test_metrics = results[0] if results else {}
             record.update(tested_checkpoint=ckpt)
