@@ -1,0 +1,19 @@
+"""The study scripts under experiments/ run (timings are not asserted: the READMEs hold them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+
+@pytest.mark.slow
+def test_overhead_study_quick_run_has_identical_losses(tmp_path):
+    summary = tmp_path / "overhead.json"
+    result = run_cli([str(ROOT / "experiments" / "overhead" / "run.py"), "--quick",
+                      "--json", str(summary)], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads(summary.read_text())
+    assert data["loss_pass"] is True and data["max_loss_diff"] <= 1e-5
