@@ -31,10 +31,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     from hydra.utils import instantiate
 
     from lmvision import build, runs
-    from lmvision.train import finish_wandb
+    from lmvision.loggers import finish_wandb
 
     out = build.run_dir(cfg)
-    record = runs.RunRecord(out, cfg.seed, "eval", {"choices": build.group_choices()})
+    record = runs.RunRecord(out, cfg.seed, "eval", build.group_choices())
     with build.clear_errors(record):
         ckpt_path = Path(str(cfg.ckpt_path)).expanduser()
         if not ckpt_path.is_file():

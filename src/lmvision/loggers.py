@@ -81,3 +81,14 @@ def wandb_logger(
         save_dir=save_dir, project=project, name=name, group=group, tags=[str(t) for t in tags],
         job_type=job_type, entity=entity, mode=mode, log_model=log_model, settings=settings,
     )
+
+
+def finish_wandb(trainer) -> None:
+    """Close the W&B run so that an offline run is complete on disk, ready for ``wandb sync``."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()

@@ -99,10 +99,11 @@ class RunRecord:
         run_dir: The run directory.
         seed: The run's seed.
         job_type: ``train`` or ``eval``.
-        config: The resolved config (a plain dict), summarised in run.json.
+        choices: The option chosen in each config group (``{"data": "shapes", ...}``).
     """
 
-    def __init__(self, run_dir: Path, seed: int | None, job_type: str, config: dict | None = None) -> None:
+    def __init__(self, run_dir: Path, seed: int | None, job_type: str,
+                 choices: dict[str, str] | None = None) -> None:
         from lightning_fabric.utilities.rank_zero import rank_zero_only
 
         self.run_dir = Path(run_dir)
@@ -118,9 +119,8 @@ class RunRecord:
             "git": git_info(),
             "packages": package_versions(),
             "python": platform.python_version(),
+            "choices": choices or {},
         }
-        if config is not None:
-            self.info["choices"] = config.get("choices")
         self._write()
 
     def update(self, **fields: Any) -> None:

@@ -33,9 +33,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from lmvision import build, runs
     from lmvision.callbacks import ConfigInCheckpoint
+    from lmvision.loggers import finish_wandb
 
     out = build.run_dir(cfg)
-    record = runs.RunRecord(out, cfg.seed, "train", {"choices": build.group_choices()})
+    record = runs.RunRecord(out, cfg.seed, "train", build.group_choices())
     with build.clear_errors(record):
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path is not None and not Path(str(ckpt_path)).expanduser().is_file():
@@ -61,7 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             fit_metrics = dict(trainer.callback_metrics)
         test_metrics = {}
         if cfg.get("test", True):
-            ckpt = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
+            # after training: the best checkpoint if one was saved, else the current weights
+            ckpt = checkpoints(trainer)["best"] if cfg.get("train", True) else ckpt_path
             results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
             test_metrics = results[0] if results else {}
             record.update(tested_checkpoint=ckpt)
@@ -78,13 +80,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def best_checkpoint(trainer) -> str | None:
-    """The best checkpoint of this fit if one was saved, else ``None`` (the current weights)."""
-    callback = trainer.checkpoint_callback
-    path = getattr(callback, "best_model_path", "") if callback is not None else ""
-    return path or None
-
-
 def checkpoints(trainer) -> dict[str, str | None]:
     """Paths of the best and last checkpoints of this fit (``None`` where none was saved)."""
     callback = trainer.checkpoint_callback
@@ -93,15 +88,6 @@ def checkpoints(trainer) -> dict[str, str | None]:
     last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
     return {"best": callback.best_model_path or None,
             "last": callback.last_model_path or (str(last) if last.is_file() else None)}
-
-
-def finish_wandb(trainer) -> None:
-    """Close the W&B run so an offline run is complete on disk and ready for ``wandb sync``."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    for logger in getattr(trainer, "loggers", []):
-        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
-            logger.experiment.finish()
 
 
 if __name__ == "__main__":
