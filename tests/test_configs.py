@@ -49,6 +49,8 @@ def test_data_instantiates(make_cfg, option):
 def test_backbone_instantiates_for_each_dataset(make_cfg, option, data):
     import torch
 
+    if option == "timm":
+        pytest.importorskip("timm")
     cfg = make_cfg(f"backbone={option}", f"data={data}")
     encoder = instantiate(cfg.backbone)
     images = torch.randn(2, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)

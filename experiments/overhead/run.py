@@ -74,8 +74,8 @@ TRAINER_SETTINGS = dict(
 # ------------------------------------------------------------------------------------------
 # Data: one fixed list of batch dicts, fed to both sides through the same kind of loader.
 # ------------------------------------------------------------------------------------------
-def build_batches(num_images: int, batch_size: int, steps: int, seed: int) -> tuple[list[dict], int]:
-    """``steps`` full training batches from the lmvision datamodule, and the number of classes.
+def build_batches(num_images: int, batch_size: int, steps: int, seed: int):
+    """``steps`` full training batches from the lmvision datamodule, and that datamodule.
 
     Epochs of ``dm.train_dataloader()`` are drawn (its shuffle seeded by ``seed``) until
     ``steps`` full batches are collected; a short last batch of an epoch is skipped so that
@@ -97,7 +97,7 @@ def build_batches(num_images: int, batch_size: int, steps: int, seed: int) -> tu
                 batches.append(batch)
             if len(batches) == steps:
                 break
-    return batches, dm.num_classes
+    return batches, dm
 
 
 class PrebuiltBatches(Dataset):
@@ -198,9 +198,13 @@ def _optimizer() -> functools.partial:
     return functools.partial(torch.optim.AdamW, lr=LEARNING_RATE)
 
 
-def run_lmvision(encoder0: nn.Module, head0: nn.Module, num_classes: int, batches: list[dict],
-                 seed: int) -> RunRecord:
-    """Train the real ImageClassifier with a Lightning Trainer over ``batches``."""
+def run_lmvision(encoder0: nn.Module, head0: nn.Module, datamodule: ImageDataModule,
+                 batches: list[dict], seed: int) -> RunRecord:
+    """Train the real ImageClassifier with a Lightning Trainer over ``batches``.
+
+    The real datamodule is used (its ``transfer_batch_to_device`` is part of every step), with
+    its train loader swapped for the prebuilt batches.
+    """
     record = RunRecord("lmvision")
     pl.seed_everything(seed, verbose=False)
     gc.collect()
@@ -208,14 +212,16 @@ def run_lmvision(encoder0: nn.Module, head0: nn.Module, num_classes: int, batche
     model = ImageClassifier(
         encoder=copy.deepcopy(encoder0),
         head=functools.partial(_copied_head, initial=head0),
-        num_classes=num_classes,
+        num_classes=datamodule.num_classes,
         optimizer=_optimizer(),
         scheduler=None,
         task="multiclass",
     )
     trainer = pl.Trainer(max_steps=len(batches), max_epochs=1, callbacks=[StepRecorder(record)],
                          **TRAINER_SETTINGS)
-    trainer.fit(model, train_dataloaders=make_loader(batches))
+    serving = copy.copy(datamodule)
+    serving.train_dataloader = lambda: make_loader(batches)
+    trainer.fit(model, datamodule=serving)
     record.stop()
     if len(record.ends) != len(batches):
         raise RuntimeError(f"lmvision ran {len(record.ends)} steps, expected {len(batches)}")
@@ -304,10 +310,10 @@ def bootstrap_ratio(lmvision: list[list[float]], plain: list[list[float]], seed:
 
 def study(args: argparse.Namespace) -> tuple[list[str], dict]:
     """Run the interleaved repeats; return the report lines and a summary dict."""
-    batches, num_classes = build_batches(args.num_images, args.batch_size, args.steps, args.seed)
+    batches, datamodule = build_batches(args.num_images, args.batch_size, args.steps, args.seed)
     pl.seed_everything(args.seed, verbose=False)
     encoder0 = SmallCNN(in_channels=3)
-    head0 = LinearHead(in_dim=encoder0.out_dim, out_dim=num_classes)
+    head0 = LinearHead(in_dim=encoder0.out_dim, out_dim=datamodule.num_classes)
 
     sides = ("lmvision", "plain")
     wall = {s: [] for s in sides}  # per-step wall-clock seconds, all repeats
@@ -324,7 +330,7 @@ def study(args: argparse.Namespace) -> tuple[list[str], dict]:
         recs = {}
         for side in order:
             if side == "lmvision":
-                recs[side] = run_lmvision(encoder0, head0, num_classes, batches, args.seed)
+                recs[side] = run_lmvision(encoder0, head0, datamodule, batches, args.seed)
             else:
                 recs[side] = run_plain(encoder0, head0, batches, args.seed)
         busy_now = max(rec.other_cores for rec in recs.values())
