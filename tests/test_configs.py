@@ -110,7 +110,8 @@ def test_target_sets_num_classes_and_task(make_cfg):
 def test_wandb_tags_and_group(make_cfg):
     cfg = make_cfg("data=digits", "backbone=resnet18")
     assert list(cfg.logger.wandb.tags) == ["image_classifier", "digits", "resnet18"]
-    assert cfg.logger.wandb.group == "image_classifier"
+    assert cfg.logger.wandb.group == "image_classifier" and cfg.logger.wandb.job_type == "train"
+    assert make_cfg("logger=wandb", config_name="eval").logger.wandb.job_type == "eval"
 
 
 @pytest.mark.parametrize("flag", [["--help"], ["--cfg", "job"]])
