@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, run_cli
 
-GROUPS = ["data", "strategy", "backbone", "head", "trainer", "logger", "callbacks", "paths",
-          "debug", "experiment"]
+GROUPS = ["data", "strategy", "backbone", "head", "text_encoder", "fusion", "trainer", "logger",
+          "callbacks", "paths", "debug", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -60,9 +60,29 @@ def test_backbone_instantiates_for_each_dataset(make_cfg, option, data):
 @pytest.mark.parametrize("head", options("head"))
 @pytest.mark.parametrize("strategy", options("strategy"))
 def test_strategy_and_head_instantiate(make_cfg, strategy, head):
-    cfg = make_cfg(f"strategy={strategy}", f"head={head}")
-    model = instantiate(cfg.strategy)
-    assert model.head is not None
+    from lmvision.build import data_and_model
+
+    cfg = make_cfg(f"strategy={strategy}", f"head={head}", "data.num_images=100")
+    datamodule, model = data_and_model(cfg)
+    assert model.head is not None and datamodule.num_classes == model.num_classes
+
+
+@pytest.mark.parametrize("option", options("text_encoder"))
+def test_text_encoders_instantiate(make_cfg, option, tmp_path):
+    from lmvision.text.hub import minilm_path
+
+    cfg = make_cfg(f"text_encoder={option}")
+    if option == "hf":  # its default, bert-base-uncased, needs the hub: use a local copy instead
+        cfg.text_encoder.name_or_path = minilm_path()
+    tokenizer = instantiate(cfg.text_encoder.tokenizer)(["a red circle", "a blue square"])
+    encoder = instantiate(cfg.text_encoder.encoder)(tokenizer=tokenizer)
+    assert encoder.out_dim > 0
+
+
+@pytest.mark.parametrize("option", options("fusion"))
+def test_fusions_instantiate(make_cfg, option):
+    fusion = instantiate(make_cfg(f"fusion={option}").fusion)(image_dim=8, text_dim=6)
+    assert fusion.out_dim > 0
 
 
 @pytest.mark.parametrize("option", options("trainer"))
@@ -130,8 +150,8 @@ def test_help_and_cfg_do_not_import_heavy_packages(flag, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout
     if flag == ["--help"]:
-        for group in ("data:", "strategy:", "backbone:", "head:", "trainer:", "logger:",
-                      "callbacks:", "paths:", "debug:", "experiment:"):
+        for group in ("data:", "strategy:", "backbone:", "head:", "text_encoder:", "fusion:",
+                      "trainer:", "logger:", "callbacks:", "paths:", "debug:", "experiment:"):
             assert group in result.stdout
     else:
         assert "datamodule:" in result.stdout

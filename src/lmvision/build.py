@@ -33,6 +33,28 @@ def instantiate_group(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
+    """Instantiate the datamodule and the strategy.
+
+    A strategy that reads text declares ``tokenizer: null`` in its config: the tokenizer is then
+    built from ``text_encoder.tokenizer`` (with the training split's text, which a tokenizer
+    trained from scratch learns from) and handed to both the datamodule's collate and the
+    strategy, so the two always agree.
+    """
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data.datamodule)
+    extra = {}
+    if "tokenizer" in cfg.strategy:
+        node = OmegaConf.select(cfg, "text_encoder.tokenizer")
+        if node is None:
+            raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
+        tokenizer = instantiate(node)(datamodule.train_texts())
+        datamodule.use_tokenizer(tokenizer)
+        extra["tokenizer"] = tokenizer
+    return datamodule, instantiate(cfg.strategy, **extra)
+
+
 def config_container(cfg: DictConfig, resolve: bool) -> dict:
     """The config as plain containers, without Hydra's own node."""
     cfg = cfg.copy()

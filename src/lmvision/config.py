@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lmvision.data import spec
+from lmvision.text.hub import minilm_path
 
 
 def config_dir() -> str:
@@ -30,6 +31,7 @@ def register_resolvers() -> None:
     resolvers = {
         "lmv.num_classes": spec.num_classes,
         "lmv.task": spec.task,
+        "lmv.minilm_path": minilm_path,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

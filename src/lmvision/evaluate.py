@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from lmvision.config import config_dir
 
 # Sections of the training config that define what was trained (and so what to rebuild).
-MODEL_SECTIONS = ("data", "strategy", "backbone", "head", "seed")
+MODEL_SECTIONS = ("data", "strategy", "backbone", "head", "text_encoder", "fusion", "seed")
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
@@ -48,8 +48,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
             cfg = with_training_config(cfg, stored, overrides if overrides is not None
                                        else _command_line_overrides())
         record.update(checkpoint=str(ckpt_path.resolve()), trained_with=checkpoint.get("lmvision_choices"))
-        datamodule = instantiate(cfg.data.datamodule)
-        model = instantiate(cfg.strategy)
+        datamodule, model = build.data_and_model(cfg)
         loggers = build.instantiate_group(cfg.get("logger"))
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[],
                               enable_checkpointing=False)

@@ -42,8 +42,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if ckpt_path is not None and not Path(str(ckpt_path)).expanduser().is_file():
             raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file to resume from")
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.data.datamodule)
-        model = instantiate(cfg.strategy)
+        datamodule, model = build.data_and_model(cfg)
         callbacks = build.instantiate_group(cfg.get("callbacks"))
         callbacks.append(ConfigInCheckpoint(build.config_container(cfg, resolve=False),
                                             build.group_choices()))

@@ -41,8 +41,10 @@ class ImageDataModule(pl.LightningDataModule):
             float in [0, 1], before normalisation).
         mean: Per-channel mean for normalisation (default 0.5).
         std: Per-channel std for normalisation (default 0.5).
-        tokenizer: Tokenizer for ``text``/``caption``; ``None`` keeps raw strings only.
+        tokenizer: Tokenizer for ``text``/``caption``; ``None`` keeps raw strings only. Strategies
+            that read text get theirs here through ``use_tokenizer``.
         max_text_length: Longest token sequence kept by the collate.
+        tokenize_keys: Which string fields the collate tokenises.
         pin_memory: Pin batches in memory (useful with a GPU).
     """
 
@@ -64,6 +66,7 @@ class ImageDataModule(pl.LightningDataModule):
         std: Sequence[float] | None = None,
         tokenizer: Any | None = None,
         max_text_length: int = 64,
+        tokenize_keys: Sequence[str] = ("text", "caption"),
         pin_memory: bool = False,
         name: str | None = None,
     ) -> None:
@@ -79,8 +82,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
-        self.collate = BatchCollator(tokenizer, max_text_length)
-        self.tokenizer = tokenizer
+        self.max_text_length = int(max_text_length)
+        self.tokenize_keys = tuple(tokenize_keys)
+        self.use_tokenizer(tokenizer)
         self._check_options(val_fraction, test_fraction)
         validate_dataset(dataset, self.num_classes, self.task)
 
@@ -94,6 +98,19 @@ class ImageDataModule(pl.LightningDataModule):
 
         self.split = seeded_split(len(dataset), val_fraction, test_fraction, split_seed)
         self.data_train = self.data_val = self.data_test = None
+
+    def use_tokenizer(self, tokenizer: Any | None) -> None:
+        """Tokenise ``text``/``caption`` with ``tokenizer`` in every batch from now on."""
+        self.tokenizer = tokenizer
+        self.collate = BatchCollator(tokenizer, self.max_text_length, self.tokenize_keys)
+
+    def train_texts(self, key: str = "text") -> list[str]:
+        """The ``text`` (or ``caption``) strings of the training split, e.g. to fit a tokenizer."""
+        strings = getattr(self.dataset, f"{key}s", None)
+        indices = self.split["train"].tolist()
+        if strings is not None:
+            return [strings[i] for i in indices]
+        return [self.dataset[i].get(key, "") for i in indices]
 
     @property
     def fingerprint(self) -> str | None:

@@ -72,3 +72,33 @@ def log_figure(trainer, key: str, fig) -> Path | None:
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, fig, global_step=trainer.global_step)
     return out
+
+
+def log_examples(trainer, key: str, images: torch.Tensor, rows: list[dict]) -> Path | None:
+    """A table of test examples: JSON in the run directory, a W&B table with the images.
+
+    Args:
+        images: (B, C, H, W) the examples' images (any range; rescaled for display).
+        rows: One dict of plain values per example (e.g. text, label, prediction).
+    """
+    if trainer is None or trainer.global_rank != 0 or not rows:
+        return None
+    import json
+
+    from pytorch_lightning.loggers import WandbLogger
+
+    out = Path(trainer.default_root_dir) / "figures" / (key.replace("/", "_") + ".json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            columns = ["image", *rows[0].keys()]
+            data = []
+            for img, row in zip(images, rows):
+                img = img.detach().float().cpu()
+                img = (img - img.min()) / (img.max() - img.min()).clamp(min=1e-8)
+                data.append([wandb.Image(img), *row.values()])
+            logger.log_table(key=key, columns=columns, data=data, step=trainer.global_step)
+    return out

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from lmvision.optim import configure_optimizers
-from lmvision.strategies.figures import confusion_matrix_figure, log_figure, prediction_grid_figure
-from lmvision.strategies.metrics import SplitMetrics
-
-GRID_SIZE = 32  # test images shown in the prediction grid
+from lmvision.strategies.base import ClassificationStrategy
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ClassificationStrategy):
     """Image encoder + head trained with cross-entropy (or BCE for multi-label tagging).
 
     Args:
@@ -31,97 +23,16 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing: Label smoothing of the cross-entropy.
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        head: Callable[..., nn.Module],
-        num_classes: int,
-        optimizer: Callable,
-        scheduler: Callable | None = None,
-        task: str = "multiclass",
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, encoder: nn.Module, head: Callable[..., nn.Module], num_classes: int,
+                 optimizer: Callable, scheduler: Callable | None = None, task: str = "multiclass",
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(num_classes, optimizer, scheduler, task, label_smoothing)
         self.save_hyperparameters(ignore=["encoder", "head", "optimizer", "scheduler"])
         self.encoder = encoder
         self.head = head(in_dim=encoder.out_dim, out_dim=num_classes)
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.metrics = SplitMetrics(task, num_classes)
-        self.val_acc_best = MaxMetric()
-        self.confusion = MulticlassConfusionMatrix(num_classes) if task == "multiclass" else None
-        self._grid: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(images))  # (B, K)
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.hparams.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, labels.float())
-        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-
-    def model_step(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
-        loss = self.loss(logits, batch["label"])
-        target = batch["label"].long() if self.hparams.task == "multilabel" else batch["label"]
-        self.metrics[split].update(logits, target)
-        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True,
-                 batch_size=len(logits), sync_dist=split != "train")
-        return loss, logits
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "train")[0]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, logits = self.model_step(batch, "test")
-        if self.confusion is not None:
-            self.confusion.update(logits.argmax(dim=1), batch["label"])
-        if batch_idx == 0:
-            n = min(GRID_SIZE, len(logits))
-            self._grid = {"images": batch["image"][:n].cpu(), "logits": logits[:n].cpu(),
-                          "labels": batch["label"][:n].cpu()}
-
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity-check batches
-
-    def on_train_epoch_end(self) -> None:
-        self.metrics.log_epoch(self, "train")
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self.metrics["val"].reset()
-            return
-        values = self.metrics.log_epoch(self, "val")
-        self.val_acc_best(values["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
-
-    def on_test_epoch_end(self) -> None:
-        self.metrics.log_epoch(self, "test")
-        classes = self._class_names()
-        if self.confusion is not None:
-            matrix = self.confusion.compute()  # synced across processes
-            self.confusion.reset()
-            log_figure(self.trainer, "test/confusion_matrix", confusion_matrix_figure(matrix, classes))
-        if self._grid:
-            predicted, actual = self._describe(self._grid["logits"], self._grid["labels"], classes)
-            fig = prediction_grid_figure(self._grid["images"], predicted, actual)
-            log_figure(self.trainer, "test/predictions", fig)
-            self._grid = {}
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.optimizer, self.scheduler,
-                                    self.trainer.estimated_stepping_batches)
-
-    def _class_names(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        classes = getattr(dm, "classes", None)
-        return list(classes) if classes else [str(i) for i in range(self.hparams.num_classes)]
-
-    def _describe(self, logits, labels, classes) -> tuple[list[str], list[str]]:
-        if self.hparams.task == "multilabel":
-            def tags(row):
-                return ",".join(classes[i] for i in row.nonzero().flatten().tolist()) or "-"
-            return [tags(r) for r in (logits > 0)], [tags(r) for r in labels > 0.5]
-        return [classes[i] for i in logits.argmax(1).tolist()], [classes[i] for i in labels.tolist()]
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self(batch["image"])

@@ -1,0 +1,89 @@
+"""Strategy `fusion` end to end: every mode, fusion module and text encoder option, the frozen
+text cache, modality dropout and the no-text test metric."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmvision.text import feature_cache
+from lmvision.train import train
+
+BASE = ["experiment=fusion_shapes", "logger=csv", "data.num_images=300"]
+
+
+@pytest.mark.parametrize("mode", ["fused", "image_only", "text_only"])
+def test_each_mode_trains_and_reports_acc_no_text(make_cfg, mode):
+    metrics = train(make_cfg(*BASE, "debug=fdr", f"strategy.mode={mode}"))
+    assert {"test/acc", "test/acc_no_text", "test/f1_macro"} <= set(metrics)
+    if mode == "image_only":  # no text is used, so removing it changes nothing
+        assert metrics["test/acc_no_text"] == metrics["test/acc"]
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated", "cross_attention", "film"])
+def test_each_fusion_module_trains(make_cfg, fusion):
+    metrics = train(make_cfg(*BASE, "debug=fdr", f"fusion={fusion}", "strategy.modality_dropout=0.3"))
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+
+
+def test_scratch_text_encoder_trains_its_tokenizer_into_the_run_dir(make_cfg, tmp_path):
+    train(make_cfg(*BASE, "debug=fdr", "text_encoder=scratch", "fusion=cross_attention"))
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_hf_text_encoder_from_a_local_tiny_bert(make_cfg, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from lmvision.text.hub import minilm_path
+    from lmvision.text.tokenizers import PretrainedTokenizer
+
+    tokenizer = PretrainedTokenizer(minilm_path())()
+    path = tmp_path / "tiny-bert"
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    for freeze in ("none", "all_but_last_n"):
+        metrics = train(make_cfg(*BASE, "debug=fdr", "text_encoder=hf", f"text_encoder.freeze={freeze}",
+                                 f"text_encoder.name_or_path={path}",
+                                 output_dir=tmp_path / f"run-{freeze}"))
+        assert "test/acc" in metrics
+
+
+def test_frozen_text_features_are_computed_once_per_run(make_cfg, monkeypatch):
+    built = []
+    original = feature_cache.TextFeatureCache.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(len(args[2]))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(feature_cache.TextFeatureCache, "__init__", counting)
+    train(make_cfg(*BASE, "debug=limit", "trainer.max_epochs=2"))
+    assert built == [300]  # once for the whole dataset, not per epoch or per split
+
+
+def test_test_examples_table_is_written(make_cfg, tmp_path):
+    train(make_cfg(*BASE, "debug=fdr"))
+    rows = json.loads((tmp_path / "run" / "figures" / "test_examples.json").read_text())
+    assert rows and set(rows[0]) == {"text", "label", "prediction"}
+    assert " " in rows[0]["label"]  # color_shape class names such as "red circle"
+
+
+def test_fusion_without_text_encoder_is_a_clear_error(make_cfg):
+    from omegaconf import open_dict
+
+    from lmvision.build import UserError, data_and_model
+
+    cfg = make_cfg(*BASE)
+    with open_dict(cfg):
+        del cfg["text_encoder"]
+    with pytest.raises(UserError, match="choose a text encoder"):
+        data_and_model(cfg)
+
+
+def test_bad_mode_is_named(make_cfg):
+    from lmvision.build import data_and_model
+
+    with pytest.raises(Exception, match="strategy.mode must be one of fused, image_only, text_only"):
+        data_and_model(make_cfg(*BASE, "strategy.mode=both"))
