@@ -14,7 +14,6 @@ What it measures (each by running the real commands a user types):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -26,24 +25,19 @@ from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
+from studies import mean_std  # noqa: E402
+
 README = HERE / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 TARGETS = {"default_acc": 0.95, "default_fit_s": 60.0, "digits_acc": 0.97, "help_s": 2.0,
            "shapes_per_s": 5000.0}
 
 
 def train(args: list[str], run_dir: Path) -> dict:
-    env = {**os.environ, "WANDB_SILENT": "true"}
-    cmd = [sys.executable, "-m", "lmvision.train", *args, f"hydra.run.dir={run_dir}",
-           "callbacks.progress_bar.refresh_rate=0"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    record = json.loads((run_dir / "run.json").read_text())
-    return {"acc": metrics["test/acc"], "f1": metrics["test/f1_macro"],
-            "fit_s": record["fit_seconds"], "wall_s": record["wall_time_s"],
-            "last_lines": done.stdout.strip().splitlines()[-2:]}
+    r = studies.train(args, run_dir)
+    return {"acc": r["test/acc"], "f1": r["test/f1_macro"], "fit_s": r["fit_seconds"],
+            "wall_s": r["wall_time_s"], "last_lines": r["last_lines"]}
 
 
 def help_seconds(repeats: int = 5) -> float:
@@ -70,12 +64,6 @@ def shapes_per_second(n: int = 20000) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return float(out.stdout.strip())
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main() -> int:
@@ -124,10 +112,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     if args.write_readme:
-        readme = README.read_text()
-        head, rest = readme.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        studies.write_results(README, text)
     return 0 if all(checks.values()) else 1
 
 
