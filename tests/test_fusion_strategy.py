@@ -87,3 +87,63 @@ def test_bad_mode_is_named(make_cfg):
 
     with pytest.raises(Exception, match="strategy.mode must be one of fused, image_only, text_only"):
         data_and_model(make_cfg(*BASE, "strategy.mode=both"))
+
+
+@pytest.mark.parametrize("fusion_name", ["concat", "cross_attention"])
+def test_hidden_text_is_really_hidden(fusion_name):
+    """With text hidden, the prediction does not depend on the text at all (pooled and tokens)."""
+    import functools
+
+    import torch
+
+    from lmvision.nn import fusions
+    from lmvision.nn.heads import LinearHead
+    from lmvision.nn.image_encoders import SmallCNN
+    from lmvision.nn.text_encoders import scratch_bert
+    from lmvision.strategies.fusion import FusionClassifier
+    from lmvision.text.tokenizers import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer(vocab_size=100)(["a red circle", "a blue cross", "green or teal"])
+    fusion = {"concat": fusions.ConcatFusion, "cross_attention": fusions.CrossAttentionFusion}[fusion_name]
+    model = FusionClassifier(
+        image_encoder=SmallCNN(widths=(8,), out_dim=16),
+        text_encoder=functools.partial(scratch_bert, dim=16, depth=1, heads=2, intermediate_size=32),
+        fusion=fusion, head=LinearHead, num_classes=3, optimizer=torch.optim.SGD,
+        tokenizer=tokenizer, modality_dropout=0.5).eval()
+    images = torch.randn(2, 3, 16, 16)
+
+    def batch(texts):
+        enc = tokenizer(texts, padding=True, return_tensors="pt")
+        return {"image": images, "label": torch.zeros(2, dtype=torch.long),
+                "text_ids": enc["input_ids"], "text_mask": enc["attention_mask"]}
+
+    a, b = batch(["a red circle", "a blue cross"]), batch(["green or teal", "a red circle a red circle"])
+    hidden = torch.zeros(2, dtype=torch.bool)
+    assert torch.allclose(model.logits(a, hidden), model.logits(b, hidden), atol=1e-6)
+    assert not torch.allclose(model.logits(a), model.logits(b), atol=1e-4)
+    model.train()  # modality dropout draws which texts to hide: some batches differ from eval
+    torch.manual_seed(0)
+    drawn = [model.logits(a).detach() for _ in range(8)]
+    assert any(not torch.allclose(drawn[0], d) for d in drawn[1:])
+
+
+def test_eval_rebuilds_a_fusion_checkpoint(make_cfg, tmp_path):
+    from lmvision.evaluate import evaluate
+
+    trained = train(make_cfg(*BASE, "debug=limit", "trainer.limit_test_batches=1.0",
+                             "fusion=gated", output_dir=tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    overrides = [f"ckpt_path={last}"]
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"), overrides)
+    assert set(trained) >= {"test/acc", "test/acc_no_text"}
+    assert {"test/acc", "test/acc_no_text"} <= set(metrics)
+
+
+def test_wandb_gets_the_examples_table(make_cfg, tmp_path):
+    """An offline W&B run holds the test-time table (image, text, label, prediction)."""
+    train(make_cfg("experiment=fusion_shapes", "data.num_images=300", "debug=limit",
+                   "logger=wandb", "logger.wandb.mode=offline"))
+    tables = list((tmp_path / "run" / "wandb").glob("offline-run-*/files/media/table/**/*.table.json"))
+    assert tables, "no W&B table was written"
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["image", "text", "label", "prediction"] and table["data"]

@@ -7,7 +7,7 @@ Every run is `python -m lmvision.train experiment=fusion_shapes ...` (shapes, ta
 color_shape, small_cnn image encoder, frozen packaged MiniLM text encoder, CSV logger):
   * strategy.mode=image_only and strategy.mode=text_only (the unimodal baselines);
   * strategy.mode=fused with each fusion module, without modality dropout;
-  * the same with strategy.modality_dropout=P (default 0.3), for test/acc_no_text.
+  * the same with strategy.modality_dropout=P (default 0.5), for test/acc_no_text.
 Time per epoch is `fit_seconds` (run.json) divided by the number of epochs (training and
 validation, the one-time text-feature cache included).
 """
@@ -47,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fusions", nargs="+", default=list(FUSIONS), choices=FUSIONS)
-    parser.add_argument("--dropout", type=float, default=0.3, help="modality dropout of the last runs")
+    parser.add_argument("--dropout", type=float, default=0.5, help="modality dropout of the last runs")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
 

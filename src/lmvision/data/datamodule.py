@@ -104,13 +104,17 @@ class ImageDataModule(pl.LightningDataModule):
         self.tokenizer = tokenizer
         self.collate = BatchCollator(tokenizer, self.max_text_length, self.tokenize_keys)
 
-    def train_texts(self, key: str = "text") -> list[str]:
-        """The ``text`` (or ``caption``) strings of the training split, e.g. to fit a tokenizer."""
+    def texts(self, key: str = "text") -> list[str]:
+        """The ``text`` (or ``caption``) string of every item, in dataset order."""
         strings = getattr(self.dataset, f"{key}s", None)
-        indices = self.split["train"].tolist()
-        if strings is not None:
-            return [strings[i] for i in indices]
-        return [self.dataset[i].get(key, "") for i in indices]
+        if strings is None:
+            strings = [self.dataset[i].get(key, "") for i in range(len(self.dataset))]
+        return list(strings)
+
+    def train_texts(self, key: str = "text") -> list[str]:
+        """The strings of the training split only, e.g. to fit a tokenizer without test text."""
+        strings = self.texts(key)
+        return [strings[i] for i in self.split["train"].tolist()]
 
     @property
     def fingerprint(self) -> str | None:

@@ -80,7 +80,12 @@ class FusionClassifier(ClassificationStrategy):
 
     # -- features ---------------------------------------------------------------------------
     def logits(self, batch: dict, text_present: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, K) scores; ``text_present`` (B,) bool hides the text of the False examples."""
+        """(B, K) scores; ``text_present`` (B,) bool hides the text of the False examples.
+
+        In training mode, modality dropout draws ``text_present`` itself.
+        """
+        if text_present is None and self.training and self.modality_dropout > 0 and self.mode == "fused":
+            text_present = torch.rand(len(batch["label"]), device=self.device) >= self.modality_dropout
         inputs: dict[str, torch.Tensor] = {}
         if self.mode != "text_only":
             images = batch["image"]
@@ -111,9 +116,8 @@ class FusionClassifier(ClassificationStrategy):
     def cached_text(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Features of a frozen text encoder, computed once for the whole dataset."""
         if self.text_cache is None:
-            dataset = self.trainer.datamodule.dataset
-            texts = getattr(dataset, "texts", None) or [dataset[i]["text"] for i in range(len(dataset))]
-            self.text_cache = TextFeatureCache(self.text_encoder, self.tokenizer, list(texts),
+            texts = self.trainer.datamodule.texts("text")  # every item, in dataset order
+            self.text_cache = TextFeatureCache(self.text_encoder, self.tokenizer, texts,
                                                with_tokens=self.needs_tokens,
                                                max_length=self.max_text_length)
         return self.text_cache.lookup(index)
@@ -131,17 +135,7 @@ class FusionClassifier(ClassificationStrategy):
             out["text_mask"] = torch.where(keep, mask, null_mask)
         return out
 
-    # -- steps ------------------------------------------------------------------------------
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        present = None
-        if self.modality_dropout > 0 and self.mode == "fused":
-            present = torch.rand(len(batch["label"]), device=self.device) >= self.modality_dropout
-        logits = self.logits(batch, present)
-        loss = self.loss(logits, batch["label"])
-        self.metrics["train"].update(logits, self._targets(batch))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(logits))
-        return loss
-
+    # -- test ------------------------------------------------------------------------------
     def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = super().test_step(batch, batch_idx)
         absent = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
