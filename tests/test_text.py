@@ -57,7 +57,8 @@ def test_hf_encoder_from_a_local_directory(tiny_bert_dir, freeze, trainable_laye
     encoder = pretrained(tokenizer, str(tiny_bert_dir), pooling="cls", freeze=freeze, last_n=1)
     layers = encoder.model.encoder.layer
     assert sum(any(p.requires_grad for p in layer.parameters()) for layer in layers) == trainable_layers
-    pooled, tokens = encode(encoder, tokenizer, SENTENCES)
+    assert encoder.training == (freeze != "all")  # dropout on where something is trained
+    pooled, tokens = encode(encoder.eval(), tokenizer, SENTENCES)
     assert pooled.shape == (3, 32) and torch.equal(pooled, tokens[:, 0])
 
 

@@ -31,7 +31,6 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     from hydra.utils import instantiate
 
     from lmvision import build, runs
-    from lmvision.loggers import finish_wandb
 
     out = build.run_dir(cfg)
     record = runs.RunRecord(out, cfg.seed, "eval", build.group_choices())
@@ -52,19 +51,10 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
         loggers = build.instantiate_group(cfg.get("logger"))
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[],
                               enable_checkpointing=False)
-    try:
-        for logger in trainer.loggers:
-            logger.log_hyperparams(build.config_container(cfg, resolve=True))
-        record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
-                      device=runs.device_info(trainer))
+    with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path))
         metrics = runs.flat_metrics(results[0] if results else {})
         record.finish(metrics, wandb=runs.wandb_info(trainer.loggers))
-    except BaseException as err:
-        record.fail(err)
-        raise
-    finally:
-        finish_wandb(trainer)
     if trainer.is_global_zero:
         runs.print_summary(out, metrics)
     return metrics

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -143,6 +144,25 @@ class RunRecord:
     def _write(self) -> None:
         if self.enabled:
             write_json(self.run_dir / "run.json", self.info)
+
+
+@contextmanager
+def recorded(record: RunRecord, trainer, datamodule, config: dict):
+    """Around a fit/test: log the config to every logger and note data and device in run.json;
+    on any error mark run.json failed (and re-raise); always close the W&B run."""
+    from lmvision.loggers import finish_wandb
+
+    try:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+        record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
+                      device=device_info(trainer), wandb=wandb_info(trainer.loggers))
+        yield
+    except BaseException as err:
+        record.fail(err)
+        raise
+    finally:
+        finish_wandb(trainer)
 
 
 def wandb_info(loggers) -> dict[str, Any] | None:

@@ -33,7 +33,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from lmvision import build, runs
     from lmvision.callbacks import ConfigInCheckpoint
-    from lmvision.loggers import finish_wandb
 
     out = build.run_dir(cfg)
     record = runs.RunRecord(out, cfg.seed, "train", build.group_choices())
@@ -48,11 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                             build.group_choices()))
         loggers = build.instantiate_group(cfg.get("logger"))
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    try:
-        for logger in trainer.loggers:
-            logger.log_hyperparams(build.config_container(cfg, resolve=True))
-        record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
-                      device=runs.device_info(trainer), wandb=runs.wandb_info(trainer.loggers))
+    with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
         fit_metrics, fit_seconds = {}, 0.0
         if cfg.get("train", True):
             started = time.perf_counter()
@@ -69,11 +64,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = runs.flat_metrics(fit_metrics, test_metrics)
         record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=checkpoints(trainer),
                       wandb=runs.wandb_info(trainer.loggers))
-    except BaseException as err:
-        record.fail(err)
-        raise
-    finally:
-        finish_wandb(trainer)
     if trainer.is_global_zero:
         runs.print_summary(out, metrics)
     return metrics
