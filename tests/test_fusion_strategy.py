@@ -147,3 +147,19 @@ def test_wandb_gets_the_examples_table(make_cfg, tmp_path):
     assert tables, "no W&B table was written"
     table = json.loads(tables[0].read_text())
     assert table["columns"] == ["image", "text", "label", "prediction"] and table["data"]
+
+
+def test_eval_of_a_scratch_text_checkpoint_uses_the_stored_tokenizer(make_cfg, tmp_path):
+    """A tokenizer learned on the split travels in the checkpoint: eval encodes as training did.
+
+    (Learning it again would not do: WordPiece training breaks ties differently each time.)"""
+    from lmvision.evaluate import evaluate
+
+    trained = train(make_cfg(*BASE, "debug=limit", "trainer.limit_test_batches=1.0",
+                             "text_encoder=scratch", output_dir=tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    overrides = [f"ckpt_path={last}"]
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"), overrides)
+    assert not (tmp_path / "e" / "tokenizer").exists()  # not learned again
+    assert metrics["test/acc"] == trained["test/acc"]
+    assert metrics["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-6)

@@ -33,13 +33,14 @@ def instantiate_group(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
+def data_and_model(cfg: DictConfig, tokenizer: Any | None = None) -> tuple[Any, Any]:
     """Instantiate the datamodule and the strategy.
 
     A strategy that reads text declares ``tokenizer: null`` in its config: the tokenizer is then
     built from ``text_encoder.tokenizer`` (with the training split's text, which a tokenizer
-    trained from scratch learns from) and handed to both the datamodule's collate and the
-    strategy, so the two always agree.
+    trained from scratch learns from), unless one is given (evaluation passes the one stored in
+    the checkpoint), and handed to both the datamodule's collate and the strategy, so the two
+    always agree.
     """
     from hydra.utils import instantiate
 
@@ -49,7 +50,8 @@ def data_and_model(cfg: DictConfig) -> tuple[Any, Any]:
         node = OmegaConf.select(cfg, "text_encoder.tokenizer")
         if node is None:
             raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
-        tokenizer = instantiate(node)(datamodule.train_texts())
+        if tokenizer is None:
+            tokenizer = instantiate(node)(datamodule.train_texts())
         datamodule.use_tokenizer(tokenizer)
         extra["tokenizer"] = tokenizer
     return datamodule, instantiate(cfg.strategy, **extra)

@@ -31,6 +31,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     from hydra.utils import instantiate
 
     from lmvision import build, runs
+    from lmvision.text.tokenizers import tokenizer_from_state
 
     out = build.run_dir(cfg)
     record = runs.RunRecord(out, cfg.seed, "eval", build.group_choices())
@@ -47,7 +48,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
             cfg = with_training_config(cfg, stored, overrides if overrides is not None
                                        else _command_line_overrides())
         record.update(checkpoint=str(ckpt_path.resolve()), trained_with=checkpoint.get("lmvision_choices"))
-        datamodule, model = build.data_and_model(cfg)
+        stored_tokenizer = checkpoint.get("lmvision_tokenizer")
+        tokenizer = tokenizer_from_state(stored_tokenizer) if stored_tokenizer else None
+        datamodule, model = build.data_and_model(cfg, tokenizer)
         loggers = build.instantiate_group(cfg.get("logger"))
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[],
                               enable_checkpointing=False)

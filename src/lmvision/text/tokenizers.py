@@ -74,3 +74,18 @@ class WordPieceTokenizer:
         if self.save_dir:
             tokenizer.save_pretrained(str(Path(self.save_dir)))
         return tokenizer
+
+
+def tokenizer_state(tokenizer) -> dict:
+    """A Hugging Face fast tokenizer as plain data (stored in checkpoints)."""
+    return {"json": tokenizer.backend_tokenizer.to_str(),
+            "special_tokens": dict(tokenizer.special_tokens_map)}
+
+
+def tokenizer_from_state(state: dict):
+    """The tokenizer saved by :func:`tokenizer_state`, encoding exactly as it did."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(state["json"]),
+                                   **state["special_tokens"])
