@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path))
         metrics = runs.flat_metrics(results[0] if results else {})
-        record.finish(metrics, wandb=runs.wandb_info(trainer.loggers))
+        record.finish(metrics)
     if trainer.is_global_zero:
         runs.print_summary(out, metrics)
     return metrics
@@ -82,8 +82,8 @@ def with_training_config(cfg: DictConfig, stored: dict, overrides: list[str]) ->
         if isinstance(value, DictConfig):
             for key in keys:
                 if key.startswith(section + "."):
-                    OmegaConf.update(value, key[len(section) + 1:], OmegaConf.select(cfg, key, throw_on_missing=False),
-                                     merge=False, force_add=True)
+                    given = OmegaConf.select(cfg, key, throw_on_missing=False)
+                    OmegaConf.update(value, key[len(section) + 1:], given, merge=False, force_add=True)
         cfg[section] = value
     return cfg
 

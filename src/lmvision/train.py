@@ -62,8 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             test_metrics = results[0] if results else {}
             record.update(tested_checkpoint=ckpt)
         metrics = runs.flat_metrics(fit_metrics, test_metrics)
-        record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=checkpoints(trainer),
-                      wandb=runs.wandb_info(trainer.loggers))
+        record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=checkpoints(trainer))
     if trainer.is_global_zero:
         runs.print_summary(out, metrics)
     return metrics
