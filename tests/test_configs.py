@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, run_cli
 
-GROUPS = ["data", "strategy", "backbone", "head", "text_encoder", "fusion", "trainer", "logger",
-          "callbacks", "paths", "debug", "experiment"]
+GROUPS = ["data", "strategy", "backbone", "head", "text_encoder", "fusion", "optimizer", "scheduler",
+          "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -24,6 +22,9 @@ def test_every_group_has_options():
     assert {"default", "cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))
     assert {"wandb", "csv", "tensorboard", "many"} <= set(options("logger"))
     assert {"fdr", "limit"} <= set(options("debug"))
+    assert {"adamw", "sgd"} <= set(options("optimizer"))
+    assert {"warmup_cosine", "constant", "none"} <= set(options("scheduler"))
+    assert {"default", "early_stopping"} <= set(options("callbacks"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -60,11 +61,20 @@ def test_backbone_instantiates_for_each_dataset(make_cfg, option, data):
 @pytest.mark.parametrize("head", options("head"))
 @pytest.mark.parametrize("strategy", options("strategy"))
 def test_strategy_and_head_instantiate(make_cfg, strategy, head):
+    import torch
+
     from lmvision.build import data_and_model
 
     cfg = make_cfg(f"strategy={strategy}", f"head={head}", "data.num_images=100")
     datamodule, model = data_and_model(cfg)
-    assert model.head is not None and datamodule.num_classes == model.num_classes
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert model.logits(batch).shape == (len(batch["label"]), 4)
+    # the network is a plain module (usable without Lightning), its head the configured one
+    import pytorch_lightning as pl
+
+    assert isinstance(model.net, torch.nn.Module) and not isinstance(model.net, pl.LightningModule)
+    assert type(model.net.head).__name__ == {"linear": "LinearHead", "mlp": "MLPHead"}[head]
 
 
 @pytest.mark.parametrize("option", options("text_encoder"))
@@ -157,8 +167,51 @@ def test_help_and_cfg_do_not_import_heavy_packages(flag, tmp_path):
         assert "datamodule:" in result.stdout
 
 
-def test_wheel_config_dir_is_found():
+def test_config_dir_in_a_checkout_and_in_an_installed_wheel(tmp_path):
+    import shutil
+
     from lmvision.config import config_dir
 
     assert (ROOT / "conf").samefile(config_dir())
-    assert sys.modules.get("lmvision.config") is not None
+    # a wheel carries conf/ inside the package (pyproject's force-include): found there too
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "src" / "lmvision", site / "lmvision")
+    shutil.copytree(ROOT / "conf", site / "lmvision" / "conf")
+    result = run_cli(["-c", "from lmvision.config import config_dir; print(config_dir())"],
+                     cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    assert result.stdout.strip() == str(site / "lmvision" / "conf"), result.stderr
+
+
+def test_selection_metric_drives_checkpoints_early_stopping_and_optimized_metric(make_cfg):
+    cfg = make_cfg("callbacks=early_stopping", "strategy.monitor=val/loss", "strategy.monitor_mode=min")
+    for callback in (cfg.callbacks.best_checkpoint, cfg.callbacks.early_stopping):
+        assert (callback.monitor, callback.mode) == ("val/loss", "min")
+    assert cfg.optimized_metric == "val/loss_best"
+    default = make_cfg()
+    assert "early_stopping" not in default.callbacks  # off unless asked for
+    assert (default.callbacks.best_checkpoint.monitor, default.optimized_metric) == ("val/acc", "val/acc_best")
+    assert make_cfg("experiment=tagging_shapes").callbacks.best_checkpoint.monitor == "val/f1_macro"
+
+
+def test_only_classification_configs_and_code_name_val_acc():
+    """A strategy that is not a classifier must not inherit a classifier's selection metric."""
+    configs = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if "val/acc" in p.read_text()}
+    assert configs == {"strategy/image_classifier.yaml", "strategy/fusion.yaml"}
+    src = ROOT / "src" / "lmvision"
+    code = {str(p.relative_to(src)) for p in src.rglob("*.py") if "val/acc" in p.read_text()}
+    assert code == {"strategies/classification.py"}
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_groups_build(make_cfg, optimizer, scheduler):
+    import torch
+
+    cfg = make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}")
+    built = instantiate(cfg.strategy.optimizer).build(torch.nn.Linear(3, 2))
+    assert built.param_groups[0]["lr"] == cfg.optimizer.lr
+    if scheduler == "none":
+        assert cfg.strategy.scheduler is None
+    else:
+        schedule = instantiate(cfg.strategy.scheduler).build(built, total_steps=10)
+        assert schedule.get_last_lr()[0] <= cfg.optimizer.lr

@@ -15,16 +15,20 @@ BASE = ["experiment=fusion_shapes", "logger=csv", "data.num_images=300"]
 
 @pytest.mark.parametrize("mode", ["fused", "image_only", "text_only"])
 def test_each_mode_trains_and_reports_acc_no_text(make_cfg, mode):
-    metrics = train(make_cfg(*BASE, "debug=fdr", f"strategy.mode={mode}"))
+    metrics = train(make_cfg(*BASE, "debug=fdr", f"strategy.net.mode={mode}"))
     assert {"test/acc", "test/acc_no_text", "test/f1_macro"} <= set(metrics)
     if mode == "image_only":  # no text is used, so removing it changes nothing
         assert metrics["test/acc_no_text"] == metrics["test/acc"]
 
 
 @pytest.mark.parametrize("fusion", ["concat", "gated", "cross_attention", "film"])
-def test_each_fusion_module_trains(make_cfg, fusion):
-    metrics = train(make_cfg(*BASE, "debug=fdr", f"fusion={fusion}", "strategy.modality_dropout=0.3"))
-    assert 0.0 <= metrics["test/acc"] <= 1.0
+def test_each_fusion_module_learns(make_cfg, fusion):
+    """Six short epochs of each fusion on color_shape (24 classes): far above chance (1/24).
+    (Whether fusing beats each modality alone is measured by experiments/fusion.)"""
+    metrics = train(make_cfg(*BASE, "data.num_images=1500", "trainer.max_epochs=6",
+                             "callbacks.progress_bar.refresh_rate=0", f"fusion={fusion}",
+                             "strategy.net.modality_dropout=0.3"))
+    assert metrics["test/acc"] >= 0.35, metrics
 
 
 def test_scratch_text_encoder_trains_its_tokenizer_into_the_run_dir(make_cfg, tmp_path):
@@ -85,31 +89,28 @@ def test_fusion_without_text_encoder_is_a_clear_error(make_cfg):
 def test_bad_mode_is_named(make_cfg):
     from lmvision.build import data_and_model
 
-    with pytest.raises(Exception, match="strategy.mode must be one of fused, image_only, text_only"):
-        data_and_model(make_cfg(*BASE, "strategy.mode=both"))
+    with pytest.raises(Exception, match="strategy.net.mode must be one of fused, image_only, text_only"):
+        data_and_model(make_cfg(*BASE, "strategy.net.mode=both"))
 
 
 @pytest.mark.parametrize("fusion_name", ["concat", "cross_attention"])
 def test_hidden_text_is_really_hidden(fusion_name):
     """With text hidden, the prediction does not depend on the text at all (pooled and tokens)."""
-    import functools
-
     import torch
 
     from lmvision.nn import fusions
+    from lmvision.nn.classifiers import FusionClassifier
     from lmvision.nn.heads import LinearHead
     from lmvision.nn.image_encoders import SmallCNN
     from lmvision.nn.text_encoders import scratch_bert
-    from lmvision.strategies.fusion import FusionClassifier
     from lmvision.text.tokenizers import WordPieceTokenizer
 
     tokenizer = WordPieceTokenizer(vocab_size=100)(["a red circle", "a blue cross", "green or teal"])
     fusion = {"concat": fusions.ConcatFusion, "cross_attention": fusions.CrossAttentionFusion}[fusion_name]
-    model = FusionClassifier(
+    model = FusionClassifier(   # the plain network, no Lightning
         image_encoder=SmallCNN(widths=(8,), out_dim=16),
-        text_encoder=functools.partial(scratch_bert, dim=16, depth=1, heads=2, intermediate_size=32),
-        fusion=fusion, head=LinearHead, num_classes=3, optimizer=torch.optim.SGD,
-        tokenizer=tokenizer, modality_dropout=0.5).eval()
+        text_encoder=scratch_bert(tokenizer, dim=16, depth=1, heads=2, intermediate_size=32),
+        fusion=fusion, head=LinearHead, num_classes=3, modality_dropout=0.5).eval()
     images = torch.randn(2, 3, 16, 16)
 
     def batch(texts):
@@ -119,11 +120,11 @@ def test_hidden_text_is_really_hidden(fusion_name):
 
     a, b = batch(["a red circle", "a blue cross"]), batch(["green or teal", "a red circle a red circle"])
     hidden = torch.zeros(2, dtype=torch.bool)
-    assert torch.allclose(model.logits(a, hidden), model.logits(b, hidden), atol=1e-6)
-    assert not torch.allclose(model.logits(a), model.logits(b), atol=1e-4)
+    assert torch.allclose(model(a, hidden), model(b, hidden), atol=1e-6)
+    assert not torch.allclose(model(a), model(b), atol=1e-4)
     model.train()  # modality dropout draws which texts to hide: some batches differ from eval
     torch.manual_seed(0)
-    drawn = [model.logits(a).detach() for _ in range(8)]
+    drawn = [model(a).detach() for _ in range(8)]
     assert any(not torch.allclose(drawn[0], d) for d in drawn[1:])
 
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-# Errors in the user's options or data: reported in one line, before training starts.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, ImportError)
-
-
-class UserError(Exception):
-    """An error in the user's options or files; printed as one clear line."""
+from lmvision.errors import UserError
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -34,27 +28,53 @@ def instantiate_group(node: DictConfig | None) -> list[Any]:
 
 
 def data_and_model(cfg: DictConfig, tokenizer: Any | None = None) -> tuple[Any, Any]:
-    """Instantiate the datamodule and the strategy.
+    """Instantiate the datamodule and the strategy with its network.
 
-    A strategy that reads text declares ``tokenizer: null`` in its config: the tokenizer is then
-    built from ``text_encoder.tokenizer`` (with the training split's text, which a tokenizer
-    trained from scratch learns from), unless one is given (evaluation passes the one stored in
-    the checkpoint), and handed to both the datamodule's collate and the strategy, so the two
-    always agree.
+    A strategy that reads text declares ``tokenizer: null`` in its config (and its network
+    ``text_encoder: null``). The tokenizer is then built from ``text_encoder.tokenizer`` (with
+    the training split's text, which a tokenizer trained from scratch learns from) unless one
+    is given (a resumed or evaluated checkpoint carries its own), and handed to the
+    datamodule's collate, to the text encoder and to the strategy, so the three always agree.
     """
     from hydra.utils import instantiate
 
     datamodule = instantiate(cfg.data.datamodule)
-    extra = {}
-    if "tokenizer" in cfg.strategy:
-        node = OmegaConf.select(cfg, "text_encoder.tokenizer")
-        if node is None:
-            raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
-        if tokenizer is None:
-            tokenizer = instantiate(node)(datamodule.train_texts())
-        datamodule.use_tokenizer(tokenizer)
-        extra["tokenizer"] = tokenizer
-    return datamodule, instantiate(cfg.strategy, **extra)
+    if "tokenizer" not in cfg.strategy:
+        return datamodule, instantiate(cfg.strategy)
+    node = OmegaConf.select(cfg, "text_encoder.tokenizer")
+    if node is None:
+        raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
+    if tokenizer is None:
+        tokenizer = instantiate(node)(datamodule.train_texts())
+    datamodule.use_tokenizer(tokenizer)
+    net: dict[str, Any] = {}
+    if "text_encoder" in cfg.strategy.net and cfg.strategy.net.text_encoder is None:
+        net["text_encoder"] = instantiate(cfg.text_encoder.encoder)(tokenizer=tokenizer)
+    return datamodule, instantiate(cfg.strategy, tokenizer=tokenizer, net=net)
+
+
+def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
+    """The Lightning Trainer; a setting Lightning refuses becomes a UserError naming ``trainer``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, MisconfigurationException):
+            raise UserError(f"trainer: {err.__cause__}") from err
+        raise
+
+
+@contextmanager
+def failures_recorded(record):
+    """Mark run.json failed with the error (and re-raise) if assembling the run fails."""
+    try:
+        yield
+    except BaseException as err:
+        record.fail(err)
+        raise
 
 
 def config_container(cfg: DictConfig, resolve: bool) -> dict:
@@ -75,26 +95,14 @@ def group_choices() -> dict[str, str]:
     return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
-@contextmanager
-def clear_errors(record=None):
-    """Turn configuration and data errors into one line on stderr and exit status 2.
+def stored_tokenizer(checkpoint: dict | None, cfg: DictConfig, choices: dict[str, str]) -> Any | None:
+    """The tokenizer a checkpoint carries, when this run reads text with the same text encoder
+    (``choices``: this run's group choices)."""
+    from lmvision.text.tokenizers import tokenizer_from_state
 
-    Errors raised while a run is being assembled (bad options, missing files, bad rows) are the
-    user's to fix: a traceback through Hydra and Lightning would hide the message.
-    """
-    from hydra.errors import InstantiationException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        yield
-    except (InstantiationException, OmegaConfBaseException, UserError, *USER_ERRORS) as err:
-        cause = err
-        while isinstance(cause, (InstantiationException, OmegaConfBaseException)) and cause.__cause__:
-            cause = cause.__cause__
-        if record is not None:
-            record.fail(cause)
-        message = str(cause).strip() or type(cause).__name__
-        full_key = getattr(err, "full_key", None)
-        where = f" (config: {full_key})" if full_key and full_key not in message else ""
-        print(f"lmvision: error: {message}{where}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    if not checkpoint or "lmvision_tokenizer" not in checkpoint or "tokenizer" not in cfg.strategy:
+        return None
+    trained_with = (checkpoint.get("lmvision_choices") or {}).get("text_encoder")
+    if trained_with is not None and trained_with != choices.get("text_encoder", trained_with):
+        return None
+    return tokenizer_from_state(checkpoint["lmvision_tokenizer"])

@@ -1,18 +1,30 @@
-"""Callbacks lmvision adds to every run."""
+"""The callback lmvision adds to every training run: what a checkpoint needs beyond weights."""
 
 from __future__ import annotations
 
+import random
+from typing import Any
+
+import numpy as np
+import torch
 from pytorch_lightning import Callback
 
 from lmvision.text.tokenizers import tokenizer_state
 
 
-class ConfigInCheckpoint(Callback):
-    """Stores the run's config (unresolved), group choices and tokenizer in every checkpoint.
+class RunState(Callback):
+    """Stores the run's config, group choices, tokenizer and random states in every checkpoint.
 
-    ``lmvision-eval ckpt_path=...`` rebuilds the same data and model from them. The tokenizer is
-    stored because one trained on the split (``text_encoder=scratch``) cannot be re-learned
-    identically: WordPiece training breaks ties differently from run to run.
+    * The config and choices let ``lmvision-eval ckpt_path=...`` rebuild the same data and model.
+    * The tokenizer is stored because one trained on the split (``text_encoder=scratch``) cannot
+      be learned again identically: WordPiece training breaks ties differently from run to run.
+    * The random number generators (Python, NumPy, torch, CUDA) are saved with the checkpoint
+      and restored on resume, so that dropout, augmentation and modality dropout draw in a
+      resumed run exactly what they drew in a run that was never stopped.
+
+    Args:
+        config: The run's config (unresolved), as plain containers.
+        choices: The option chosen in each config group.
     """
 
     def __init__(self, config: dict, choices: dict) -> None:
@@ -25,3 +37,38 @@ class ConfigInCheckpoint(Callback):
         tokenizer = getattr(pl_module, "tokenizer", None)
         if tokenizer is not None:
             checkpoint["lmvision_tokenizer"] = tokenizer_state(tokenizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)
+        name, keys, position, has_gauss, gauss = np.random.get_state()
+        state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                 "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position),
+                           int(has_gauss), float(gauss)]}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        random.setstate(state_dict["python"])
+        name, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class StopAfterEpochs(Callback):
+    """Ends the job once ``epochs`` epochs are done, as a preemption or a time limit would, but
+    at an epoch boundary and with the schedule still planned for ``trainer.max_epochs``: the
+    run is continued later with ``ckpt_path=<run dir>/checkpoints/last.ckpt``.
+
+    Args:
+        epochs: Epochs after which to stop (counted from the start of the run, not of the job).
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

@@ -2,64 +2,71 @@
 
     lmvision-eval ckpt_path=outputs/image_classifier/2026-11-23/10-00-00/checkpoints/last.ckpt
     lmvision-eval ckpt_path=... data.batch_size=512     # override what you like
+    lmvision-eval ckpt_path=... trainer=ddp_cpu         # the same metrics with two processes
 
-The data, strategy, backbone and head of the training run are rebuilt from the config stored
-in the checkpoint; options given on the command line take precedence over it.
+The data, strategy, network, optimiser and seed of the training run are rebuilt from the
+config stored in the checkpoint (its tokenizer too); options given on the command line take
+precedence over it. The run record names the checkpoint and the choices it was trained with.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lmvision.cli import main as run_cli
+from lmvision.cli import run_task
 from lmvision.config import config_dir
 
 # Sections of the training config that define what was trained (and so what to rebuild).
-MODEL_SECTIONS = ("data", "strategy", "backbone", "head", "text_encoder", "fusion", "seed")
+MODEL_SECTIONS = ("data", "strategy", "backbone", "head", "text_encoder", "fusion", "optimizer",
+                  "scheduler", "seed")
+TAG_GROUPS = ("strategy", "data", "backbone")  # the W&B tags of a training run
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    run_task(evaluate, cfg)
+
+
+def main() -> None:
+    """``lmvision-eval``: user mistakes are one line and exit status 2 (see lmvision.cli)."""
+    run_cli(hydra_main, "eval")
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
     """Test ``cfg.ckpt_path`` and write metrics.json and run.json in the run directory."""
-    import torch
-    from hydra.utils import instantiate
-
-    from lmvision import build, runs
-    from lmvision.text.tokenizers import tokenizer_from_state
+    from lmvision import build, checkpoints, runs
+    from lmvision.validate import check_config
 
     out = build.run_dir(cfg)
-    record = runs.RunRecord(out, cfg.seed, "eval", build.group_choices())
-    with build.clear_errors(record):
-        ckpt_path = Path(str(cfg.ckpt_path)).expanduser()
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-        try:
-            checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as err:  # a truncated or foreign file
-            raise ValueError(f"ckpt_path={ckpt_path}: not a readable checkpoint ({err})") from err
-        stored = checkpoint.get("lmvision_config")
-        if stored is not None:
-            cfg = with_training_config(cfg, stored, overrides if overrides is not None
-                                       else _command_line_overrides())
-        record.update(checkpoint=str(ckpt_path.resolve()), trained_with=checkpoint.get("lmvision_choices"))
-        stored_tokenizer = checkpoint.get("lmvision_tokenizer")
-        tokenizer = tokenizer_from_state(stored_tokenizer) if stored_tokenizer else None
-        datamodule, model = build.data_and_model(cfg, tokenizer)
-        loggers = build.instantiate_group(cfg.get("logger"))
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[],
-                              enable_checkpointing=False)
+    if runs.global_rank() == 0:
+        runs.claim_run_dir(out, "eval", None)
+    overrides = overrides if overrides is not None else _command_line_overrides()
+    record = runs.RunRecord(out, cfg.get("seed"), "eval", build.group_choices())
+    with build.failures_recorded(record):
+        checkpoint = checkpoints.read(cfg.ckpt_path, "ckpt_path")
+        trained_with = checkpoint.get("lmvision_choices") or {}
+        if checkpoint.get("lmvision_config") is not None:
+            cfg = with_training_config(cfg, checkpoint["lmvision_config"], overrides)
+        choices = {**build.group_choices(), **training_choices(trained_with, overrides)}
+        record.update(checkpoint=str(cfg.ckpt_path), trained_with=trained_with, choices=choices,
+                      seed=cfg.get("seed"))
+        check_config(cfg)
+        datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(checkpoint, cfg, choices))
+        checkpoints.check_fits(checkpoint, model, cfg.ckpt_path, "ckpt_path",
+                               cfg.strategy._target_, choices)
+        if "wandb" in (cfg.get("logger") or {}):  # dashboards group evals with their training
+            cfg.logger.wandb.tags = [choices[g] for g in TAG_GROUPS if g in choices]
+            cfg.logger.wandb.group = trained_with.get("experiment") or choices.get("strategy")
+        trainer = build.trainer(cfg, [], build.instantiate_group(cfg.get("logger")),
+                                enable_checkpointing=False)
     with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=str(ckpt_path))
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path))
         metrics = runs.flat_metrics(results[0] if results else {})
         record.finish(metrics)
     if trainer.is_global_zero:
-        runs.print_summary(out, metrics)
+        runs.print_summary(out, metrics, cfg.strategy.get("monitor"))
     return metrics
 
 
@@ -69,10 +76,7 @@ def with_training_config(cfg: DictConfig, stored: dict, overrides: list[str]) ->
     A section the user chose on the command line (``data=digits``) is kept as composed; a value
     the user set inside a section (``data.batch_size=256``) is applied on top of the stored one.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    keys = [o.key_or_group for o in parsed]
+    keys = _override_keys(overrides)
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     for section in MODEL_SECTIONS:
@@ -85,7 +89,21 @@ def with_training_config(cfg: DictConfig, stored: dict, overrides: list[str]) ->
                     given = OmegaConf.select(cfg, key, throw_on_missing=False)
                     OmegaConf.update(value, key[len(section) + 1:], given, merge=False, force_add=True)
         cfg[section] = value
+    OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def training_choices(trained_with: dict, overrides: list[str]) -> dict[str, str]:
+    """The training run's group choices, except groups the user chose anew on the command line."""
+    keys = _override_keys(overrides)
+    return {group: option for group, option in trained_with.items()
+            if group in MODEL_SECTIONS + ("experiment",) and group not in keys}
+
+
+def _override_keys(overrides: list[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
 
 
 def _command_line_overrides() -> list[str]:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
+
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning import loggers as pl_loggers
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from lmvision.errors import UserError
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -26,7 +33,7 @@ def wandb_credentials_present() -> bool:
 def resolve_wandb_mode(mode: str) -> str:
     """``auto`` means: $WANDB_MODE if set, else online with credentials and offline without."""
     if mode not in WANDB_MODES:
-        raise ValueError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
+        raise UserError(f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
     env = os.environ.get("WANDB_MODE")
@@ -44,8 +51,8 @@ def wandb_logger(
     tags: Sequence[str] = (),
     job_type: str = "train",
     entity: str | None = None,
+    id: str | None = None,
     init_timeout: float = 60.0,
-    log_model: bool = False,
 ):
     """A Lightning ``WandbLogger`` that works with and without credentials.
 
@@ -59,8 +66,8 @@ def wandb_logger(
         tags: Tags shown in dashboards (strategy, data, backbone).
         job_type: ``train`` or ``eval``.
         entity: W&B team or user.
+        id: Continue the W&B run with this id (a resumed run sets it from its run record).
         init_timeout: Seconds to wait for the W&B service before giving up.
-        log_model: Upload checkpoints as artifacts.
     """
     import wandb
     from lightning_fabric.utilities.rank_zero import rank_zero_only
@@ -77,10 +84,35 @@ def wandb_logger(
             flush=True,
         )
     settings = wandb.Settings(silent=True, console="off", init_timeout=init_timeout)
+    resume = {"id": id, "resume": "allow"} if id else {}
     return WandbLogger(
         save_dir=save_dir, project=project, name=name, group=group, tags=[str(t) for t in tags],
-        job_type=job_type, entity=entity, mode=mode, log_model=log_model, settings=settings,
+        job_type=job_type, entity=entity, mode=mode, settings=settings, **resume,
     )
+
+
+class CSVLogger(pl_loggers.CSVLogger):
+    """Lightning's CSV logger, except that an existing ``metrics.csv`` is continued, not deleted.
+
+    A run only ever logs into its own directory (lmvision refuses to start a run in another
+    run's directory), so an existing file there belongs to this run, stopped and now resumed:
+    its rows are kept and the new ones appended.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> "_ContinuedWriter":
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuedWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _ContinuedWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
 
 
 def finish_wandb(trainer) -> None:

@@ -1,45 +1,161 @@
-"""Optimiser and schedule wiring shared by the strategies.
+"""Optimisers and learning-rate schedules, chosen by config group (``optimizer=``, ``scheduler=``).
 
-Configs give the optimiser and the schedule as partials (``_partial_: true``). A strategy
-calls ``optimizer(params)`` and ``scheduler(optimizer, total_steps=...)``: every schedule in
-lmvision takes ``total_steps``, so none needs to know the budget at config time.
+Each is a small config dataclass that checks its values when the run is assembled (before any
+training) and builds the real object later, once the network and the step budget are known:
+
+    optimizer = AdamW(lr=3e-3, weight_decay=1e-4).build(net)
+    schedule = WarmupCosine(warmup_fraction=0.05).build(optimizer, total_steps=1000)
+
+Weight decay applies to the weight matrices and kernels of layers (linear, convolution,
+attention projections) only. Norm scales, biases, embedding tables and a model's free
+parameters (class tokens, position embeddings, a learned "no text" vector) are not decayed
+unless ``decay_all=True``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from lmvision.errors import UserError
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.05,
-                  min_lr_ratio: float = 0.0) -> LambdaLR:
-    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to ``min_lr_ratio``."""
-    total = max(int(total_steps), 1)
-    warmup = int(total * warmup_fraction)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return LambdaLR(optimizer, factor)
+EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
 
-def constant(optimizer: torch.optim.Optimizer, total_steps: int) -> LambdaLR:
-    """No schedule: the learning rate stays as configured."""
-    return LambdaLR(optimizer, lambda step: 1.0)
+@dataclass
+class AdamW:
+    """AdamW (decoupled weight decay).
+
+    Args:
+        lr: Peak learning rate (> 0).
+        weight_decay: Decoupled weight decay (>= 0) of the decayed parameters.
+        betas: Coefficients of the running averages, each in [0, 1).
+        eps: Term added to the denominator (> 0).
+        decay_all: Also decay norms, biases and embeddings.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decay_all: bool = False
+
+    def __post_init__(self) -> None:
+        _check("optimizer.lr", self.lr, low=0.0, low_open=True)
+        _check("optimizer.weight_decay", self.weight_decay, low=0.0)
+        _check("optimizer.eps", self.eps, low=0.0, low_open=True)
+        if len(self.betas) != 2:
+            raise UserError(f"optimizer.betas must be two numbers, got {list(self.betas)}")
+        for i, beta in enumerate(self.betas):
+            _check(f"optimizer.betas[{i}]", beta, low=0.0, high=1.0)
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+
+    def build(self, net: nn.Module) -> torch.optim.AdamW:
+        return torch.optim.AdamW(param_groups(net, self.weight_decay, self.decay_all), lr=self.lr,
+                                 betas=self.betas, eps=self.eps)
 
 
-def configure_optimizers(module: torch.nn.Module, optimizer: Callable, scheduler: Callable | None,
-                         total_steps: int) -> dict:
-    """Build the optimiser over trainable parameters and a per-step schedule for Lightning."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    opt = optimizer(params)
-    if scheduler is None:
-        return {"optimizer": opt}
-    sched = scheduler(opt, total_steps=int(total_steps))
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+@dataclass
+class SGD:
+    """SGD with (Nesterov) momentum.
+
+    Args:
+        lr: Peak learning rate (> 0).
+        momentum: Momentum in [0, 1).
+        nesterov: Nesterov momentum (needs momentum > 0).
+        weight_decay: L2 weight decay (>= 0) of the decayed parameters.
+        decay_all: Also decay norms, biases and embeddings.
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    decay_all: bool = False
+
+    def __post_init__(self) -> None:
+        _check("optimizer.lr", self.lr, low=0.0, low_open=True)
+        _check("optimizer.momentum", self.momentum, low=0.0, high=1.0)
+        _check("optimizer.weight_decay", self.weight_decay, low=0.0)
+        if self.nesterov and self.momentum == 0:
+            raise UserError("optimizer.nesterov=true needs optimizer.momentum > 0")
+
+    def build(self, net: nn.Module) -> torch.optim.SGD:
+        return torch.optim.SGD(param_groups(net, self.weight_decay, self.decay_all), lr=self.lr,
+                               momentum=self.momentum, nesterov=self.nesterov)
+
+
+@dataclass
+class WarmupCosine:
+    """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to ``min_lr_ratio``.
+
+    Args:
+        warmup_fraction: Share of all steps spent warming up, in [0, 1).
+        min_lr_ratio: Final learning rate as a share of the peak, in [0, 1].
+    """
+
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check("scheduler.warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
+        _check("scheduler.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, high_open=False)
+
+    def build(self, optimizer: torch.optim.Optimizer, total_steps: int) -> LambdaLR:
+        total = max(int(total_steps), 1)
+        warmup = int(total * self.warmup_fraction)
+        floor = self.min_lr_ratio
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        return LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Constant:
+    """The learning rate stays as configured (the schedule is still logged)."""
+
+    def build(self, optimizer: torch.optim.Optimizer, total_steps: int) -> LambdaLR:
+        return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def param_groups(net: nn.Module, weight_decay: float, decay_all: bool = False) -> list[dict]:
+    """Trainable parameters in two groups: decayed (weight matrices and kernels of layers) and
+    not decayed (everything else; empty with ``decay_all``). Each parameter appears once."""
+    decay, no_decay, seen = [], [], set()
+    for module in net.modules():
+        # a layer has no sub-modules (Linear, Conv2d, GPT-2's Conv1D) or is an attention block
+        # whose input projection lives on it; other modules' own parameters are free ones
+        layer = not any(True for _ in module.children()) or isinstance(module, nn.MultiheadAttention)
+        for param in module.parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            decayed = decay_all or (layer and param.ndim >= 2 and not isinstance(module, EMBEDDINGS))
+            (decay if decayed else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _check(option: str, value, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = True) -> None:
+    """Raise a UserError naming ``option`` unless ``value`` is a number in the given range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise UserError(f"{option}={value!r}: expected a number")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
+        raise UserError(f"{option}={value!r}: must be in {span}")

@@ -1,8 +1,13 @@
-"""The run record: ``metrics.json``, ``run.json``, seeding, and the lines a run prints last.
+"""The run record: ``metrics.json``, ``run.json``, and the lines a run prints last.
 
 Every run writes into its Hydra run directory. ``run.json`` is written when the run starts
 (status ``running``), updated when it ends (``completed``) or fails (``failed``, with the
-error); nothing already written is removed. All files are written atomically.
+error); nothing already written is removed. All files are written atomically, and only by the
+process of global rank 0.
+
+A directory belongs to one run: a run never writes into a directory that holds another run's
+record, except to resume that run (``ckpt_path`` inside it), and then it continues the same
+record (``restarts`` counts the resumptions).
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -21,19 +25,45 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lmvision.errors import UserError
+from lmvision.files import write_json
+
 PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
             "hydra-core", "omegaconf", "wandb", "numpy", "scikit-learn", "timm")
-HEADLINE_PREFIXES = ("test/", "val/acc_best")
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+def global_rank() -> int:
+    """This process's rank as launchers announce it (0 without a launcher); no torch needed."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None) -> bool:
+    """Check that this run may write into ``run_dir``; True when it resumes the run there.
+
+    Raises a UserError when the directory holds another run's record (``run.json``) and this
+    run does not resume it (a training run whose ``ckpt_path`` lies inside that directory).
+    """
+    record = Path(run_dir) / "run.json"
+    if not record.is_file():
+        return False
+    inside = False
+    if job_type == "train" and ckpt_path:
+        ckpt = Path(str(ckpt_path)).expanduser().resolve()
+        inside = Path(run_dir).resolve() in ckpt.parents
+    if inside:
+        return True
+    try:
+        status = json.loads(record.read_text()).get("status", "unknown")
+    except (OSError, ValueError):
+        status = "unreadable"
+    raise UserError(
+        f"{Path(run_dir).resolve()} already holds a run (run.json, status {status}); lmvision "
+        "never writes over another run: choose a new hydra.run.dir, or resume that run with "
+        f"ckpt_path={Path(run_dir).resolve() / 'checkpoints' / 'last.ckpt'}")
 
 
 def flat_metrics(*sources: dict) -> dict[str, float]:
@@ -101,15 +131,17 @@ class RunRecord:
         seed: The run's seed.
         job_type: ``train`` or ``eval``.
         choices: The option chosen in each config group (``{"data": "shapes", ...}``).
+        resumed_from: The checkpoint of the run in ``run_dir`` that this process resumes: the
+            record there is continued (its first start kept, ``restarts`` counted) instead of
+            being started anew.
     """
 
     def __init__(self, run_dir: Path, seed: int | None, job_type: str,
-                 choices: dict[str, str] | None = None) -> None:
-        from lightning_fabric.utilities.rank_zero import rank_zero_only
-
+                 choices: dict[str, str] | None = None, resumed_from: str | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.enabled = rank_zero_only.rank == 0
+        self.enabled = global_rank() == 0
         self.started = time.time()
+        earlier = self._earlier() if resumed_from else {}
         self.info: dict[str, Any] = {
             "status": "running",
             "job_type": job_type,
@@ -122,7 +154,26 @@ class RunRecord:
             "python": platform.python_version(),
             "choices": choices or {},
         }
+        if earlier:
+            self.info = {**earlier, **{k: v for k, v in self.info.items() if k != "started_at"},
+                         "status": "running", "restarts": earlier.get("restarts", 0) + 1,
+                         "resumed": [*earlier.get("resumed", []),
+                                     {"at": self.info["started_at"], "from": str(resumed_from),
+                                      "previous_status": earlier.get("status")}]}
+            for stale in ("error", "ended_at"):
+                self.info.pop(stale, None)
         self._write()
+
+    @property
+    def previous_wandb_id(self) -> str | None:
+        """The W&B run id this run had before it was resumed (to continue the same W&B run)."""
+        return (self.info.get("wandb") or {}).get("id") if self.info.get("restarts") else None
+
+    def _earlier(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.run_dir / "run.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     def update(self, **fields: Any) -> None:
         self.info.update(fields)
@@ -155,8 +206,10 @@ def recorded(record: RunRecord, trainer, datamodule, config: dict):
     try:
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
-        record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
-                      device=device_info(trainer), wandb=wandb_info(trainer.loggers))
+        if record.enabled:  # only rank 0 has a real W&B run (others hold a dummy)
+            record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
+                          data_warnings=getattr(datamodule, "split_warnings", []),
+                          device=device_info(trainer), wandb=wandb_info(trainer.loggers))
         yield
     except BaseException as err:
         record.fail(err)
@@ -174,16 +227,17 @@ def wandb_info(loggers) -> dict[str, Any] | None:
             run = logger.experiment
             run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
             return {"id": run.id, "project": run.project, "group": run.group,
-                    "mode": "offline" if run.settings._offline else "online",
+                    "mode": "offline" if run.offline else "online",
                     "dir": str(run_dir) if run_dir else None,
                     "url": getattr(run, "url", None)}
     return None
 
 
-def print_summary(run_dir: Path, metrics: dict[str, float]) -> None:
-    """The last lines of a run: where it is and its headline metrics."""
-    headline = {k: v for k, v in metrics.items() if k.startswith(HEADLINE_PREFIXES)
-                and not k.endswith("/loss")}
+def print_summary(run_dir: Path, metrics: dict[str, float], monitor: str | None = None) -> None:
+    """The last lines of a run: where it is and its headline metrics (the test metrics and the
+    best value of the selection metric ``monitor``)."""
+    headline = {k: v for k, v in metrics.items()
+                if (k.startswith("test/") and not k.endswith("/loss")) or k == f"{monitor}_best"}
     print(f"Run directory: {Path(run_dir).resolve()}", flush=True)
     print("Metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in headline.items()), flush=True)
 

@@ -1,4 +1,4 @@
-"""Train a strategy: compose the config, instantiate, fit, test, write the run record.
+"""Train a strategy: compose the config, check it, instantiate, fit, test, write the run record.
 
     python -m lmvision.train                                   # the default experiment
     python -m lmvision.train data=digits backbone=resnet18     # swap parts by name
@@ -11,16 +11,27 @@ Only Hydra and OmegaConf are imported at module level: ``--help`` and ``--cfg jo
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from lmvision.cli import main as run_cli
+from lmvision.cli import run_task
 from lmvision.config import config_dir
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
+    return run_task(train_and_score, cfg)
+
+
+def main() -> None:
+    """``lmvision-train``: user mistakes are one line and exit status 2 (see lmvision.cli)."""
+    run_cli(hydra_main, "train")
+
+
+def train_and_score(cfg: DictConfig) -> float | None:
+    """Train, then return the value a sweeper optimises (``optimized_metric``)."""
     metrics = train(cfg)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
@@ -29,53 +40,78 @@ def main(cfg: DictConfig) -> float | None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by ``cfg``; returns its flat metrics."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
-    from lmvision import build, runs
-    from lmvision.callbacks import ConfigInCheckpoint
+    from lmvision import build, checkpoints, runs
+    from lmvision.callbacks import RunState, StopAfterEpochs
+    from lmvision.errors import UserError
+    from lmvision.validate import check_config
 
     out = build.run_dir(cfg)
-    record = runs.RunRecord(out, cfg.seed, "train", build.group_choices())
-    with build.clear_errors(record):
-        ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path is not None and not Path(str(ckpt_path)).expanduser().is_file():
-            raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file to resume from")
+    ckpt_path = cfg.get("ckpt_path")
+    resuming = runs.global_rank() == 0 and runs.claim_run_dir(out, "train", ckpt_path)
+    choices = build.group_choices()
+    record = runs.RunRecord(out, cfg.get("seed"), "train", choices,
+                            resumed_from=ckpt_path if resuming else None)
+    with build.failures_recorded(record):
+        check_config(cfg)
+        if not cfg.get("train", True) and not ckpt_path:
+            raise UserError("train=false tests a checkpoint: give ckpt_path=<checkpoint to test>")
+        if ckpt_path and cfg.get("init_from"):
+            raise UserError("give ckpt_path (resume a run) or init_from (start a new run from "
+                            "another run's weights), not both")
+        stored = checkpoints.read(ckpt_path, "ckpt_path") if ckpt_path else None
+        init = checkpoints.read(cfg.init_from, "init_from") if cfg.get("init_from") else None
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, model = build.data_and_model(cfg)
+        datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(stored or init, cfg, choices))
+        if stored is not None:
+            checkpoints.check_fits(stored, model, ckpt_path, "ckpt_path", cfg.strategy._target_,
+                                   choices)
+        if init is not None:
+            loaded = checkpoints.load_weights(model.net, init, cfg.init_from,
+                                              cfg.get("init_from_prefix"))
+            record.update(init_from=loaded)
+            if record.enabled:
+                print(f"init_from={cfg.init_from}: loaded {loaded['loaded']} tensors into "
+                      f"net{'.' + loaded['prefix'] if loaded['prefix'] else ''}; "
+                      f"{len(loaded['missing'])} kept their initial values, "
+                      f"{len(loaded['unused'])} in the checkpoint unused", flush=True)
+        if record.previous_wandb_id and "wandb" in (cfg.get("logger") or {}):
+            cfg.logger.wandb.id = record.previous_wandb_id  # continue the same W&B run
         callbacks = build.instantiate_group(cfg.get("callbacks"))
-        callbacks.append(ConfigInCheckpoint(build.config_container(cfg, resolve=False),
-                                            build.group_choices()))
-        loggers = build.instantiate_group(cfg.get("logger"))
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        callbacks.append(RunState(build.config_container(cfg, resolve=False), choices))
+        if cfg.get("stop_after_epochs") is not None:
+            callbacks.append(StopAfterEpochs(cfg.stop_after_epochs))
+        trainer = build.trainer(cfg, callbacks, build.instantiate_group(cfg.get("logger")))
     with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
-        fit_metrics, fit_seconds = {}, 0.0
+        fit_metrics, fit_seconds, saved = {}, 0.0, {"best": None, "last": None}
         if cfg.get("train", True):
             started = time.perf_counter()
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_seconds = time.perf_counter() - started
             fit_metrics = dict(trainer.callback_metrics)
+            saved = saved_checkpoints(trainer)  # before testing reloads callback states
         test_metrics = {}
         if cfg.get("test", True):
             # after training: the best checkpoint if one was saved, else the current weights
-            ckpt = checkpoints(trainer)["best"] if cfg.get("train", True) else ckpt_path
+            ckpt = saved["best"] if cfg.get("train", True) else ckpt_path
             results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
             test_metrics = results[0] if results else {}
             record.update(tested_checkpoint=ckpt)
         metrics = runs.flat_metrics(fit_metrics, test_metrics)
-        record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=checkpoints(trainer))
+        record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=saved)
     if trainer.is_global_zero:
-        runs.print_summary(out, metrics)
+        runs.print_summary(out, metrics, cfg.strategy.get("monitor"))
     return metrics
 
 
-def checkpoints(trainer) -> dict[str, str | None]:
-    """Paths of the best and last checkpoints of this fit (``None`` where none was saved)."""
-    callback = trainer.checkpoint_callback
-    if callback is None or not callback.dirpath:
-        return {"best": None, "last": None}
-    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
-    return {"best": callback.best_model_path or None,
-            "last": callback.last_model_path or (str(last) if last.is_file() else None)}
+def saved_checkpoints(trainer) -> dict[str, str | None]:
+    """Paths of the best checkpoint (by the strategy's monitor) and of ``last.ckpt``."""
+    paths: dict[str, str | None] = {"best": None, "last": None}
+    for callback in trainer.checkpoint_callbacks:
+        kind = "best" if callback.monitor else "last"
+        if paths[kind] is None and callback.best_model_path:
+            paths[kind] = callback.best_model_path
+    return paths
 
 
 if __name__ == "__main__":

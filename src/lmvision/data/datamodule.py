@@ -1,20 +1,26 @@
-"""One datamodule for every dataset: seeded splits, v2 transforms, validation, collate."""
+"""One datamodule for every dataset: seeded splits, v2 transforms, validation, collate, samplers."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
 from lmvision.data.collate import BatchCollator
+from lmvision.errors import UserError
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
     """Bad data options or bad data; raised before training starts."""
+
+
+class SplitWarning(UserWarning):
+    """A split misses some classes (tiny data): its metrics cover only the others."""
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -46,6 +52,11 @@ class ImageDataModule(pl.LightningDataModule):
         max_text_length: Longest token sequence kept by the collate.
         tokenize_keys: Which string fields the collate tokenises.
         pin_memory: Pin batches in memory (useful with a GPU).
+
+    Training batches are shuffled by a sampler seeded with ``split_seed`` and the epoch, so a
+    resumed run sees the same order as one that was never stopped. Under DDP each process gets
+    its share of the training set (padded to equal length, as DDP needs) and of val/test
+    *without* padding: every item is evaluated exactly once, so metrics equal one process's.
     """
 
     def __init__(
@@ -68,21 +79,20 @@ class ImageDataModule(pl.LightningDataModule):
         max_text_length: int = 64,
         tokenize_keys: Sequence[str] = ("text", "caption"),
         pin_memory: bool = False,
-        name: str | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
         self.classes: list[str] = list(dataset.classes)
-        self.num_classes = int(num_classes)
-        self.image_size = int(image_size)
-        self.channels = int(channels)
+        self.num_classes = _count("data.num_classes", num_classes)
+        self.image_size = _count("data.image_size", image_size)
+        self.channels = _count("data.channels", channels)
         self.task = task
-        self.name = name or type(dataset).__name__
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(num_workers)
+        self.batch_size = _count("data.batch_size", batch_size)
+        self.eval_batch_size = _count("data.eval_batch_size", eval_batch_size or batch_size)
+        self.num_workers = _count("data.num_workers", num_workers, minimum=0)
         self.pin_memory = bool(pin_memory)
-        self.max_text_length = int(max_text_length)
+        self.max_text_length = _count("data.max_text_length", max_text_length)
+        self.split_seed = split_seed
         self.tokenize_keys = tuple(tokenize_keys)
         self.use_tokenizer(tokenizer)
         self._check_options(val_fraction, test_fraction)
@@ -97,6 +107,9 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean, self.std = mean, std
 
         self.split = seeded_split(len(dataset), val_fraction, test_fraction, split_seed)
+        self.split_warnings = missing_classes(dataset, self.split, self.classes, self.task)
+        for message in self.split_warnings:
+            warnings.warn(message, SplitWarning, stacklevel=2)
         self.data_train = self.data_val = self.data_test = None
 
     def use_tokenizer(self, tokenizer: Any | None) -> None:
@@ -129,16 +142,13 @@ class ImageDataModule(pl.LightningDataModule):
                                                self.eval_transform)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, self.batch_size, shuffle=True)
+        return self._loader(self.data_train, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, self.eval_batch_size, shuffle=False)
+        return self._loader(self.data_val, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, self.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        return self._loader(self.data_test, self.eval_batch_size, train=False)
 
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
         # Batches are flat dicts: move the tensors, leave the strings (Lightning's default walks
@@ -146,12 +156,26 @@ class ImageDataModule(pl.LightningDataModule):
         return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
-    def _loader(self, data, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, data: Dataset, batch_size: int, train: bool) -> DataLoader:
         return DataLoader(
-            data, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-            collate_fn=self.collate, pin_memory=self.pin_memory,
+            data, batch_size=batch_size, sampler=self._sampler(data, train),
+            num_workers=self.num_workers, collate_fn=self.collate, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
+
+    def _sampler(self, data: Dataset, train: bool) -> Sampler:
+        trainer = self.trainer
+        world = trainer.world_size if trainer is not None else 1
+        if world == 1:
+            return EpochShuffleSampler(len(data), self.split_seed) if train else None
+        rank = trainer.global_rank
+        if train:  # Lightning sets the epoch; padding keeps every process's step count equal
+            return DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
+                                      seed=self.split_seed)
+        if len(data) < world:
+            raise DataConfigError(f"a split of {len(data)} items cannot be shared by {world} "
+                                  "processes; use more data or fewer devices")
+        return UnpaddedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
 
     def _check_options(self, val_fraction: float, test_fraction: float) -> None:
         ds = self.dataset
@@ -169,8 +193,6 @@ class ImageDataModule(pl.LightningDataModule):
                 )
         if self.task not in ("multiclass", "multilabel"):
             raise DataConfigError(f"data.task must be 'multiclass' or 'multilabel', got {self.task!r}")
-        if self.batch_size < 1:
-            raise DataConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
         for option, value in (("data.val_fraction", val_fraction),
                               ("data.test_fraction", test_fraction)):
             if not 0.0 < value < 1.0:
@@ -187,6 +209,35 @@ class ImageDataModule(pl.LightningDataModule):
                 f"{type(ds).__name__} has {len(ds)} items: too few for a train/val/test split "
                 f"with val_fraction={val_fraction} and test_fraction={test_fraction}"
             )
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order of ``range(n)`` drawn from ``seed`` and the epoch (set by Lightning), so
+    that it does not depend on the global random state: a resumed run gets the same order."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Item ``i`` goes to process ``i % world_size``: each item is seen exactly once (the shares
+    may differ by one item; fine for evaluation, where processes need not step together)."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class TransformedSubset(Dataset):
@@ -217,6 +268,34 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
         "val": perm[n_test:n_test + n_val].sort().values,
         "train": perm[n_test + n_val:].sort().values,
     }
+
+
+def missing_classes(dataset: Dataset, split: dict, classes: list[str], task: str) -> list[str]:
+    """One message per split that has no item of some class (single-label data only)."""
+    labels = getattr(dataset, "labels", None)
+    if task != "multiclass" or labels is None:
+        return []
+    labels = torch.as_tensor(labels)
+    messages = []
+    for name in ("train", "val", "test"):
+        present = set(labels[split[name]].tolist())
+        absent = [c for i, c in enumerate(classes) if i not in present]
+        if absent:
+            shown = ", ".join(absent[:8]) + (", ..." if len(absent) > 8 else "")
+            messages.append(
+                f"the {name} split ({len(split[name])} items) has no example of {len(absent)} of "
+                f"{len(classes)} classes ({shown}); its metrics say nothing about them. Use more "
+                "data (e.g. data.num_images) or larger split fractions")
+    return messages
+
+
+def _count(option: str, value: Any, minimum: int = 1) -> int:
+    """``value`` as an int, refusing floats such as 1.5 (which ``int()`` would silently floor)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataConfigError(f"{option}={value!r}: expected a whole number")
+    if value < minimum:
+        raise DataConfigError(f"{option} must be at least {minimum}, got {value}")
+    return value
 
 
 def validate_dataset(dataset: Dataset, num_classes: int, task: str) -> None:

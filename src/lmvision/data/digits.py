@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from lmvision.data import spec
+from lmvision.errors import UserError
 
 _CAPTIONS = (
     "a handwritten {name}",
@@ -40,7 +41,7 @@ class DigitsDataset(Dataset):
         from sklearn.datasets import load_digits
 
         if int(image_size) < 8:
-            raise ValueError(f"data.image_size must be at least 8 for digits, got {image_size!r}")
+            raise UserError(f"data.image_size must be at least 8 for digits, got {image_size!r}")
         bunch = load_digits()
         pixels = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
         if int(image_size) != 8:

@@ -32,7 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,8 @@ import torch
 from torch.utils.data import Dataset
 
 from lmvision.data import spec
+from lmvision.errors import UserError
+from lmvision.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,9 @@ class ShapesDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if int(num_images) < 1:
-            raise ValueError(f"data.num_images must be a positive count, got {num_images!r}")
+            raise UserError(f"data.num_images must be a positive count, got {num_images!r}")
         if int(image_size) < 16:
-            raise ValueError(f"data.image_size must be at least 16 for shapes, got {image_size!r}")
+            raise UserError(f"data.image_size must be at least 16 for shapes, got {image_size!r}")
         self.classes = spec.shapes_classes(target)  # validates target with a clear message
         self.num_images = int(num_images)
         self.image_size = int(image_size)
@@ -143,22 +144,10 @@ class ShapesDataset(Dataset):
             except (OSError, ValueError, KeyError) as err:  # a broken cache is re-rendered
                 log.warning("shapes cache %s is unreadable (%s); rendering again", npz, err)
         arrays, strings = render_shapes(self.num_images, self.image_size, self.seed)
-        _atomic_write(npz, lambda p: np.savez(p, **arrays), suffix=".npz")
-        _atomic_write(js, lambda p: Path(p).write_text(json.dumps(strings)), suffix=".json")
+        # atomic: ranks and parallel jobs that render the same set never read half a file
+        atomic_write(npz, lambda p: np.savez(p, **arrays))
+        atomic_write(js, lambda p: Path(p).write_text(json.dumps(strings)))
         return arrays, strings
-
-
-def _atomic_write(path: Path, write, suffix: str) -> None:
-    """Write through a temporary file and rename, so concurrent ranks never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ------------------------------------------------------------------------------------------

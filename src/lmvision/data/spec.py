@@ -6,6 +6,8 @@ The config resolvers use this module to derive `data.num_classes` and `data.task
 
 from __future__ import annotations
 
+from lmvision.errors import UserError
+
 SHAPES = ("circle", "square", "triangle", "cross")
 COLORS = ("red", "orange", "green", "teal", "blue", "purple")
 SIZES = ("small", "large")
@@ -31,7 +33,7 @@ def shapes_classes(target: str) -> list[str]:
         return [f"{c} {s}" for c in COLORS for s in SHAPES]
     if target == "attributes":
         return [*SHAPES, *COLORS, *SIZES, *POSITIONS]
-    raise ValueError(
+    raise UserError(
         f"data.target={target!r} is not a target of the shapes dataset; "
         f"choose one of {', '.join(SHAPES_TARGETS)}"
     )
@@ -43,7 +45,7 @@ def num_classes(dataset: str, target: str | None = None) -> int:
         return len(shapes_classes(str(target)))
     if dataset == "digits":
         return len(DIGITS)
-    raise ValueError(f"lmv.num_classes knows 'shapes' and 'digits', not {dataset!r}")
+    raise UserError(f"lmv.num_classes knows 'shapes' and 'digits', not {dataset!r}")
 
 
 def task(dataset: str, target: str | None = None) -> str:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmvision.errors import UserError
+
 
 class SmallCNN(nn.Module):
     """A few conv-BN-ReLU stages with max-pooling; fast on two CPU cores at 32 px.
@@ -68,7 +70,7 @@ class TorchvisionEncoder(nn.Module):
         import torchvision
 
         if name not in torchvision.models.list_models():
-            raise ValueError(
+            raise UserError(
                 f"backbone.name={name!r} is not a torchvision model; see "
                 "torchvision.models.list_models() (for timm models use backbone=timm)"
             )
@@ -80,7 +82,7 @@ class TorchvisionEncoder(nn.Module):
         self._vit = hasattr(model, "class_token") and hasattr(model, "conv_proj")
         if small_input:
             if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
-                raise ValueError(f"backbone.small_input=true needs a ResNet-style stem; {name} has none")
+                raise UserError(f"backbone.small_input=true needs a ResNet-style stem; {name} has none")
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
             model.maxpool = nn.Identity()
         if self._vit:
@@ -92,7 +94,7 @@ class TorchvisionEncoder(nn.Module):
         elif hasattr(model, "features") and hasattr(model, "classifier"):
             self.model = model.features
         else:
-            raise ValueError(
+            raise UserError(
                 f"backbone.name={name!r}: lmvision knows torchvision models with `fc`, with "
                 "`features` + `classifier`, and ViTs; use backbone=timm for others"
             )
@@ -134,9 +136,9 @@ class TimmEncoder(nn.Module):
         try:
             import timm
         except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError("backbone=timm needs timm: pip install 'lmvision[timm]'") from err
+            raise UserError("backbone=timm needs timm: pip install 'lmvision[timm]'") from err
         if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-            raise ValueError(f"backbone.name={name!r} is not a timm model; see timm.list_models()")
+            raise UserError(f"backbone.name={name!r} is not a timm model; see timm.list_models()")
         self.model = timm.create_model(name, pretrained=pretrained, num_classes=0,
                                        in_chans=in_channels, **kwargs)
         self.out_dim = int(self.model.num_features)
@@ -170,9 +172,9 @@ class SmallViT(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+            raise UserError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
         if dim % heads:
-            raise ValueError(f"dim={dim} is not divisible by heads={heads}")
+            raise UserError(f"dim={dim} is not divisible by heads={heads}")
         n = (image_size // patch_size) ** 2
         self.patch = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmvision.errors import UserError
 from lmvision.text.hub import from_pretrained
 
 POOLINGS = ("mean", "cls")
@@ -35,9 +36,9 @@ class TransformerTextEncoder(nn.Module):
                  last_n: int = 1) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"text_encoder.pooling must be one of {POOLINGS}, got {pooling!r}")
+            raise UserError(f"text_encoder.pooling must be one of {POOLINGS}, got {pooling!r}")
         if freeze not in FREEZE:
-            raise ValueError(f"text_encoder.freeze must be one of {FREEZE}, got {freeze!r}")
+            raise UserError(f"text_encoder.freeze must be one of {FREEZE}, got {freeze!r}")
         self.model = model
         self.pooling = pooling
         self.out_dim = int(model.config.hidden_size)
@@ -46,7 +47,7 @@ class TransformerTextEncoder(nn.Module):
         if freeze == "all_but_last_n":
             layers = _layers(model)
             if not 1 <= last_n <= len(layers):
-                raise ValueError(f"text_encoder.last_n must be between 1 and {len(layers)}, got {last_n}")
+                raise UserError(f"text_encoder.last_n must be between 1 and {len(layers)}, got {last_n}")
             for layer in layers[-last_n:]:
                 layer.requires_grad_(True)
         # from_pretrained returns a model in eval mode: train what is trained (dropout on),
@@ -91,7 +92,7 @@ def pretrained(tokenizer, name_or_path: str, pooling: str = "mean", freeze: str 
     model = from_pretrained(AutoModel, name_or_path, "text_encoder.name_or_path")
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
-        raise ValueError(f"text_encoder.name_or_path={name_or_path!r}: the tokenizer has "
+        raise UserError(f"text_encoder.name_or_path={name_or_path!r}: the tokenizer has "
                          f"{len(tokenizer)} tokens but the model embeds only {vocab}")
     return TransformerTextEncoder(model, pooling=pooling, freeze=freeze, last_n=last_n)
 
@@ -127,5 +128,5 @@ def _layers(model: nn.Module) -> nn.ModuleList:
     """The stack of transformer layers: the longest ``nn.ModuleList`` in the model."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ValueError("text_encoder.freeze=all_but_last_n: no layer stack found in the model")
+        raise UserError("text_encoder.freeze=all_but_last_n: no layer stack found in the model")
     return max(lists, key=len)

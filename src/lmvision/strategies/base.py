@@ -1,123 +1,151 @@
-"""What every classification strategy shares: loss by task, metrics per split, the best
-validation accuracy, test figures and optimiser wiring. A strategy adds its model and says how
-a batch becomes logits (``logits(batch)``); see ``image_classifier.py`` and ``fusion.py``.
+"""What every strategy shares: the network, optimiser and schedule wiring, logging a dict of
+losses, the best value of the strategy's selection metric, and figures.
+
+A strategy adds its loss and its metrics by defining two methods:
+
+* ``step(batch, split) -> dict`` of losses for one batch (``"loss"`` is the one optimised);
+  it may update the strategy's metrics;
+* ``epoch_metrics(split) -> dict`` of metrics for the finished epoch, named ``"<split>/<name>"``
+  (computed across processes, then reset).
+
+Each strategy config declares its selection metric (``monitor``, e.g. ``val/loss``) and its
+direction (``monitor_mode``: ``max`` or ``min``). The best value so far is logged as
+``<monitor>_best``; it is a buffer, so it is saved in checkpoints and survives a resume.
+Checkpointing, early stopping, ``optimized_metric`` and the run's headline metrics follow the
+same two keys by interpolation.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from torchmetrics import MaxMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
+from torch import nn
 
-from lmvision.optim import configure_optimizers
-from lmvision.strategies.figures import confusion_matrix_figure, log_figure, prediction_grid_figure
-from lmvision.strategies.metrics import SplitMetrics
+from lmvision.errors import UserError
+from lmvision.optim import AdamW
+from lmvision.strategies.figures import log_figure
 
-GRID_SIZE = 32  # test images shown in the prediction grid
+MODES = ("max", "min")
 
 
-class ClassificationStrategy(pl.LightningModule):
-    """Base of the classification strategies (one level of inheritance, no more).
+class Strategy(pl.LightningModule):
+    """Base of every strategy (one level of inheritance below it, at most two in all).
 
     Args:
-        num_classes: Number of classes (or tags).
-        optimizer: Builds the optimiser from parameters (a partial).
-        scheduler: Builds the schedule: ``scheduler(optimizer, total_steps=...)``; or ``None``.
-        task: ``multiclass`` (cross-entropy) or ``multilabel`` (binary cross-entropy per tag).
-        label_smoothing: Label smoothing of the cross-entropy.
+        net: The network, already built (a plain ``nn.Module`` from ``lmvision.nn``).
+        optimizer: Builds the optimiser: ``optimizer.build(net)`` (see ``lmvision.optim``).
+        scheduler: Builds the schedule: ``scheduler.build(optimizer, total_steps)``; or ``None``.
+        monitor: The validation metric that selects the best checkpoint, e.g. ``val/loss``.
+        monitor_mode: ``max`` or ``min``: which direction of ``monitor`` is better.
     """
 
-    def __init__(self, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
-                 task: str = "multiclass", label_smoothing: float = 0.0) -> None:
+    def __init__(self, net: nn.Module, optimizer=None, scheduler=None, monitor: str = "val/loss",
+                 monitor_mode: str = "min") -> None:
         super().__init__()
-        self.num_classes, self.task, self.label_smoothing = num_classes, task, label_smoothing
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.metrics = SplitMetrics(task, num_classes)
-        self.val_acc_best = MaxMetric()
-        self.confusion = MulticlassConfusionMatrix(num_classes) if task == "multiclass" else None
-        self._grid: dict[str, torch.Tensor] = {}
+        if monitor_mode not in MODES:
+            raise UserError(f"strategy.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
+        if not str(monitor).startswith("val/"):
+            raise UserError(f"strategy.monitor={monitor!r}: the selection metric must be a "
+                            "validation metric (val/...)")
+        self.net = net
+        self.optimizer = optimizer if optimizer is not None else AdamW()
+        self.scheduler = scheduler
+        self.monitor, self.monitor_mode = monitor, monitor_mode
+        # best value of `monitor` so far: a buffer, so checkpoints carry it across a resume
+        self.register_buffer("monitor_best", torch.tensor(math.nan))
+        self._loss_sums: dict[str, dict[str, torch.Tensor]] = {}  # val/test: sum of loss * items
+        self._loss_counts: dict[str, int] = {}
 
-    def logits(self, batch: dict) -> torch.Tensor:
-        """(B, K) class scores for a batch; each strategy defines it."""
+    # -- what a strategy defines --------------------------------------------------------------
+    def step(self, batch: dict, split: str) -> dict[str, torch.Tensor]:
+        """Losses of one batch (``"loss"`` is optimised); may update metrics of ``split``."""
         raise NotImplementedError
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.task == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, labels.float())
-        return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+    def epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
+        """Metrics of the finished epoch of ``split`` (synced across processes), then reset."""
+        return {}
 
-    def model_step(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(batch)
-        loss = self.loss(logits, batch["label"])
-        self.metrics[split].update(logits, self._targets(batch))
-        self.log(f"{split}/loss", loss, on_step=split == "train", on_epoch=True, prog_bar=True,
-                 batch_size=len(logits), sync_dist=split != "train")
-        return loss, logits
+    def validation_metrics(self) -> list[str] | None:
+        """Names of what validation logs (``val/...``), so that a ``monitor`` this strategy
+        never logs is refused before training; ``None`` when not known in advance."""
+        return None
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        names = self.validation_metrics()
+        if names is not None and self.monitor not in names:
+            raise UserError(f"strategy.monitor={self.monitor!r} is not a metric of this strategy; "
+                            f"choose one of {', '.join(sorted(names))}")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self.model_step(batch, "train")[0]
+        losses = self.step(batch, "train")
+        size = batch_size(batch)
+        for name, value in losses.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=True,
+                     prog_bar=name == "loss", batch_size=size)
+        return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.model_step(batch, "val")
+        self._add_losses("val", self.step(batch, "val"), batch_size(batch))
 
-    def test_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        _, logits = self.model_step(batch, "test")
-        if self.confusion is not None:
-            self.confusion.update(logits.argmax(dim=1), batch["label"])
-        if batch_idx == 0:
-            n = min(GRID_SIZE, len(logits))
-            self._grid = {"images": batch["image"][:n].cpu(), "logits": logits[:n].detach().cpu(),
-                          "labels": batch["label"][:n].cpu()}
-        return logits
-
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # forget the sanity-check batches
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._add_losses("test", self.step(batch, "test"), batch_size(batch))
 
     def on_train_epoch_end(self) -> None:
-        self.metrics.log_epoch(self, "train")
+        self.log_dict(self.epoch_metrics("train"), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
+        values = {**self._mean_losses("val"), **self.epoch_metrics("val")}
         if self.trainer.sanity_checking:
-            self.metrics["val"].reset()
             return
-        values = self.metrics.log_epoch(self, "val")
-        self.val_acc_best(values["val/acc"])
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+        if self.monitor not in values:
+            raise UserError(f"strategy.monitor={self.monitor!r} is not a metric of this strategy; "
+                            f"it logs {', '.join(sorted(values))}")
+        value = values[self.monitor].detach().to(self.monitor_best)
+        best = self.monitor_best
+        if torch.isnan(best) or (value > best if self.monitor_mode == "max" else value < best):
+            self.monitor_best.copy_(value)
+        self.log_dict({**values, f"{self.monitor}_best": self.monitor_best.clone()},
+                      sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self.metrics.log_epoch(self, "test")
-        classes = self.class_names()
-        if self.confusion is not None:
-            matrix = self.confusion.compute()  # synced across processes
-            self.confusion.reset()
-            log_figure(self.trainer, "test/confusion_matrix", confusion_matrix_figure(matrix, classes))
-        if self._grid:
-            predicted, actual = self.describe(self._grid["logits"], self._grid["labels"])
-            fig = prediction_grid_figure(self._grid["images"], predicted, actual)
-            log_figure(self.trainer, "test/predictions", fig)
-            self._grid = {}
+        self.log_dict({**self._mean_losses("test"), **self.epoch_metrics("test")}, sync_dist=True)
 
     def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.optimizer, self.scheduler,
-                                    self.trainer.estimated_stepping_batches)
+        optimizer = self.optimizer.build(self.net)
+        if self.scheduler is None:
+            return {"optimizer": optimizer}
+        schedule = self.scheduler.build(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def class_names(self) -> list[str]:
-        dm = getattr(self.trainer, "datamodule", None)
-        classes = getattr(dm, "classes", None)
-        return list(classes) if classes else [str(i) for i in range(self.num_classes)]
+    def log_figure(self, key: str, figure) -> None:
+        """Save ``figure`` as PNG under ``<run dir>/figures/`` and send it to W&B / TensorBoard."""
+        log_figure(self.trainer, key, figure)
 
-    def describe(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[str], list[str]]:
-        """Predicted and true class names (comma-joined tags for multi-label data)."""
-        classes = self.class_names()
-        if self.task == "multilabel":
-            def tags(row):
-                return ",".join(classes[i] for i in row.nonzero().flatten().tolist()) or "-"
-            return [tags(r) for r in (logits > 0)], [tags(r) for r in labels > 0.5]
-        return [classes[i] for i in logits.argmax(1).tolist()], [classes[i] for i in labels.tolist()]
+    # -- loss bookkeeping ---------------------------------------------------------------------
+    def _add_losses(self, split: str, losses: dict[str, torch.Tensor], size: int) -> None:
+        # exact means over items (not over batches, nor over processes with unequal shares)
+        sums = self._loss_sums.setdefault(split, {})
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value.detach().double() * size
+        self._loss_counts[split] = self._loss_counts.get(split, 0) + size
 
-    def _targets(self, batch: dict) -> torch.Tensor:
-        return batch["label"].long() if self.task == "multilabel" else batch["label"]
+    def _mean_losses(self, split: str) -> dict[str, torch.Tensor]:
+        sums, count = self._loss_sums.pop(split, {}), self._loss_counts.pop(split, 0)
+        if not sums:
+            return {}
+        names = sorted(sums)
+        totals = torch.stack([torch.as_tensor(sums[n], device=self.device) for n in names]
+                             + [torch.tensor(float(count), device=self.device, dtype=torch.float64)])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")  # every process's items
+        return {f"{split}/{n}": (totals[i] / totals[-1]).float() for i, n in enumerate(names)}
+
+
+def batch_size(batch: dict) -> int:
+    """Number of examples in a batch dict (the length of its first tensor)."""
+    for value in batch.values():
+        if isinstance(value, torch.Tensor):
+            return len(value)
+    raise ValueError("a batch holds no tensor")

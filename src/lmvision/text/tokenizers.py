@@ -7,8 +7,10 @@ encoders use the same object.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+from lmvision.errors import UserError
 from lmvision.text.hub import from_pretrained
 
 SPECIAL_TOKENS = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]",
@@ -51,20 +53,23 @@ class WordPieceTokenizer:
 
     def __call__(self, texts: list[str]):
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-        from tokenizers.trainers import WordPieceTrainer
         from transformers import PreTrainedTokenizerFast
 
         texts = [t for t in (texts or []) if t and t.strip()]
         if not texts:
-            raise ValueError("text_encoder.tokenizer: no training text to learn a vocabulary from "
-                             "(does the dataset have a `text` field?)")
-        tok = Tokenizer(models.WordPiece(unk_token=SPECIAL_TOKENS["unk_token"]))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=self.lowercase)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            raise UserError("text_encoder.tokenizer: no training text to learn a vocabulary from "
+                            "(does the dataset have a `text` field?)")
+        normalizer = normalizers.BertNormalizer(lowercase=self.lowercase)
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        words = Counter(word for text in texts
+                        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        vocab = learn_wordpiece_vocab(words, self.vocab_size, self.min_frequency,
+                                      list(SPECIAL_TOKENS.values()))
+        tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)},
+                                         unk_token=SPECIAL_TOKENS["unk_token"]))
+        tok.normalizer = normalizer
+        tok.pre_tokenizer = pre_tokenizer
         tok.decoder = decoders.WordPiece()
-        trainer = WordPieceTrainer(vocab_size=self.vocab_size, min_frequency=self.min_frequency,
-                                   special_tokens=list(SPECIAL_TOKENS.values()))
-        tok.train_from_iterator(sorted(set(texts)), trainer=trainer)
         cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
@@ -74,6 +79,57 @@ class WordPieceTokenizer:
         if self.save_dir:
             tokenizer.save_pretrained(str(Path(self.save_dir)))
         return tokenizer
+
+
+def learn_wordpiece_vocab(words: Counter, vocab_size: int, min_frequency: int,
+                          specials: list[str]) -> list[str]:
+    """A WordPiece vocabulary learned by frequency merges, deterministically.
+
+    Words start as characters (``c``, ``##c`` inside a word); the most frequent adjacent pair
+    is merged, ties going to the alphabetically first pair, until ``vocab_size`` pieces or no
+    pair occurs ``min_frequency`` times. (The ``tokenizers`` library's trainer breaks ties by
+    hash order, so two trainings on the same text give different tokenizers, and the same
+    seed would not give the same run.)
+    """
+    vocab = list(specials)
+    symbols = {w: [c if i == 0 else "##" + c for i, c in enumerate(w)] for w in sorted(words)}
+    alphabet = sorted({s for pieces in symbols.values() for s in pieces})
+    vocab += [s for s in alphabet if s not in vocab]
+    known = set(vocab)
+    pairs: Counter = Counter()
+    where: dict[tuple[str, str], set[str]] = {}
+    for word, pieces in symbols.items():
+        for pair in zip(pieces, pieces[1:]):
+            pairs[pair] += words[word]
+            where.setdefault(pair, set()).add(word)
+    while len(vocab) < vocab_size and pairs:
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < max(min_frequency, 1):
+            break
+        a, b = best
+        merged = a + b[2:]  # b is always a continuation ("##...")
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+        for word in sorted(where.pop(best, ())):
+            pieces, count = symbols[word], words[word]
+            for pair in zip(pieces, pieces[1:]):
+                pairs[pair] -= count
+                if pairs[pair] <= 0:
+                    del pairs[pair]
+            out, i = [], 0
+            while i < len(pieces):
+                if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
+                    out.append(merged)
+                    i += 2
+                else:
+                    out.append(pieces[i])
+                    i += 1
+            symbols[word] = out
+            for pair in zip(out, out[1:]):
+                pairs[pair] += count
+                where.setdefault(pair, set()).add(word)
+    return vocab
 
 
 def tokenizer_state(tokenizer) -> dict:

@@ -1,0 +1,144 @@
+"""How the entry points end: a user's mistake is one line and exit status 2; a bug keeps its
+traceback; a sweep runs every job and ends with a summary.
+
+    lmvision: error: trainer.max_epoch: no such option; did you mean trainer.max_epochs?
+
+A user's mistake is a :class:`~lmvision.errors.UserError` raised by lmvision on purpose, or a
+config that Hydra could not compose from the command line (a typo in a key, an unknown group
+option, an override it cannot parse). Anything else raised while a run is assembled or runs is
+a bug and is shown with its full traceback. Only Hydra and OmegaConf are imported here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+import sys
+import traceback
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from lmvision.errors import user_error_in
+
+# What the run raised, kept for `main` to report once Hydra has returned. (Letting it escape
+# through Hydra would make Hydra print its own "Error executing job" line first.)
+_run_failures: list[BaseException] = []
+
+
+def main(hydra_main: Callable[[], Any], config_name: str) -> None:
+    """Call a ``@hydra.main`` function and turn user mistakes into one line and exit status 2.
+
+    Args:
+        hydra_main: The decorated entry function (it reads the command line itself).
+        config_name: Its root config (``train`` or ``eval``), to suggest keys after a typo.
+    """
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of its printer
+    _run_failures.clear()
+    try:
+        hydra_main()
+    except Exception as err:  # noqa: BLE001 - Hydra could not compose the run's config
+        message = user_message(err, config_name)
+        if message is None:
+            raise
+        print(f"lmvision: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    if _run_failures:
+        err = _run_failures.pop()
+        user = user_error_in(err)
+        if user is None:
+            raise err  # a bug: the full traceback
+        print(f"lmvision: error: {user}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+
+
+def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run one job. A single run's error is kept for :func:`main` to report. In a sweep a
+    failing job is reported at once and scored NaN, so that every later job still runs (the
+    sweep ends with a summary: see ``hydra_callbacks.SweepSummary``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return fn(cfg)
+    except Exception as err:
+        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+            _run_failures.append(err)
+            return None
+        user = user_error_in(err)
+        if user is not None:
+            print(f"lmvision: error: {user}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exception(err)
+        return math.nan
+
+
+def user_message(err: BaseException, config_name: str = "train") -> str | None:
+    """The one-line message for a user's mistake, or ``None`` when ``err`` is a bug."""
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
+
+    user = user_error_in(err)
+    if user is not None:
+        return str(user).strip() or type(user).__name__
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        found = re.search(r"Could not find '([^']+)/([^']+)'", str(err))
+        if found:
+            group, option = found.groups()
+            return (f"{group}={option}: no such option; choose one of "
+                    f"{', '.join(sorted(err.options))}")
+    if isinstance(err, OverrideParseException):
+        return f"cannot read the override {err.override!r}: {str(err).splitlines()[0]}"
+    if isinstance(err, ConfigCompositionException):
+        key = getattr(err.__cause__, "full_key", None)
+        found = re.search(r"Could not override '([^']+)'", str(err))
+        if key and found:
+            return unknown_key_message(found.group(1), key, config_name)
+        return "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return None
+
+
+def unknown_key_message(override_key: str, missing: str, config_name: str) -> str:
+    """``trainer.max_epoch: no such option; did you mean trainer.max_epochs?``"""
+    keys = config_keys(config_name)
+    leaf = override_key.split(".")[-1]
+    parent = missing.rsplit(".", 1)[0] if "." in missing else ""
+    siblings = [k for k in keys if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
+    close = difflib.get_close_matches(missing, siblings, n=3, cutoff=0.6)
+    if missing != override_key:  # a section itself is unknown (optim.lr): look for the leaf
+        close += [k for k in keys if k.split(".")[-1] == leaf and k not in close][:3]
+    else:
+        close += [k for k in keys if k.split(".")[-1] == leaf and k != missing and k not in close][:3]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return (f"{override_key}: no such option{hint} (to add a new key, write +{override_key}=...)")
+
+
+def config_keys(config_name: str) -> list[str]:
+    """Every key of the default config, dotted (``trainer.max_epochs``); [] if it cannot compose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from lmvision.config import config_dir
+
+    try:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir(), version_base="1.3"):
+            cfg = compose(config_name)
+    except Exception:  # noqa: BLE001 - suggestions are a nicety; the error is reported anyway
+        return []
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                path = f"{prefix}.{key}" if prefix else str(key)
+                keys.append(path)
+                walk(value, path)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return keys

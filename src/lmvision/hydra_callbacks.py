@@ -1,0 +1,72 @@
+"""Hydra callbacks (listed in ``conf/hydra/default.yaml``). Only light imports here.
+
+* :class:`RunDirGuard` refuses, before Hydra writes anything, a run pointed at a directory that
+  holds another run; a run that resumes its own directory keeps the first ``.hydra`` config
+  and writes its own beside it (``.hydra/resume-<n>/``).
+* :class:`SweepSummary` ends a sweep (``-m``) with one line per job, read from the jobs' run
+  records, and a non-zero exit status if any job failed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from lmvision.runs import claim_run_dir, global_rank
+
+
+class RunDirGuard(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if global_rank() != 0:  # DDP workers share rank 0's directory
+            return
+        run_dir = Path(str(config.hydra.run.dir))
+        resuming = claim_run_dir(run_dir, config.get("job_type", "train"), config.get("ckpt_path"))
+        subdir = config.hydra.output_subdir
+        if resuming and subdir is not None and (run_dir / subdir / "config.yaml").is_file():
+            n = 1
+            while (run_dir / subdir / f"resume-{n}").exists():
+                n += 1
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.output_subdir = f"{subdir}/resume-{n}"
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        lines, failed = summarize_sweep(Path(str(config.hydra.sweep.dir)),
+                                        config.get("optimized_metric"))
+        print("\n".join(lines), flush=True)
+        if failed:
+            raise SystemExit(1)
+
+
+def summarize_sweep(sweep_dir: Path, metric: str | None) -> tuple[list[str], int]:
+    """One line per job of a sweep (from each job's run.json) and the number that failed."""
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / "run.json").is_file()),
+                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    rows, failed = [], 0
+    for job in jobs:
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
+        record = _read(job / "run.json")
+        status = record.get("status", "did not start")
+        if status == "completed":
+            value = _read(job / "metrics.json").get(metric) if metric else None
+            detail = f"{metric}={value:.4f}" if isinstance(value, float) else ""
+        else:
+            failed += 1
+            detail = record.get("error", "no run record: see the job's log")
+        rows.append(f"  job {job.name}: {status:<9} {overrides}  {detail}".rstrip())
+    done = len(jobs) - failed
+    head = f"Sweep {sweep_dir}: {done} of {len(jobs)} jobs completed" + (f", {failed} failed" if failed else "")
+    return [head, *rows], failed
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,97 @@
+"""What the classification strategies share, on top of :class:`Strategy`: labels, the loss by
+task, accuracy and macro P/R/F1 per split, the confusion matrix and a grid of test predictions.
+A classifier says how a batch becomes logits (``logits(batch)``); see ``image_classifier.py``
+and ``fusion.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from lmvision.strategies.base import Strategy
+from lmvision.strategies.figures import confusion_matrix_figure, prediction_grid_figure
+from lmvision.strategies.metrics import SplitMetrics
+
+GRID_SIZE = 32  # test images shown in the prediction grid
+
+
+class ClassificationStrategy(Strategy):
+    """Base of the classification strategies.
+
+    Args:
+        net: The classification network (``net(batch) -> (B, K)`` logits).
+        num_classes: Number of classes (or tags).
+        task: ``multiclass`` (cross-entropy) or ``multilabel`` (binary cross-entropy per tag).
+        label_smoothing: Label smoothing of the cross-entropy.
+        optimizer, scheduler, monitor, monitor_mode: As in :class:`Strategy`.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int, task: str = "multiclass",
+                 label_smoothing: float = 0.0, optimizer=None, scheduler=None,
+                 monitor: str = "val/acc", monitor_mode: str = "max") -> None:
+        super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
+        self.num_classes, self.task, self.label_smoothing = num_classes, task, label_smoothing
+        self.metrics = SplitMetrics(task, num_classes)
+        self.confusion = MulticlassConfusionMatrix(num_classes) if task == "multiclass" else None
+        self._grid: dict[str, torch.Tensor] = {}
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        """(B, K) class scores of a batch."""
+        return self.net(batch)
+
+    def step(self, batch: dict, split: str) -> dict[str, torch.Tensor]:
+        logits = self.logits(batch)
+        labels = batch["label"]
+        if self.task == "multilabel":
+            loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        else:
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        targets = labels.long() if self.task == "multilabel" else labels
+        self.metrics[split].update(logits.detach(), targets)
+        if split == "test":
+            self.test_predictions(batch, logits.detach())
+        return {"loss": loss}
+
+    def test_predictions(self, batch: dict, logits: torch.Tensor) -> None:
+        """Collect what the test figures show; strategies add their own (and call this)."""
+        if self.confusion is not None:
+            self.confusion.update(logits.argmax(dim=1), batch["label"])
+        if not self._grid:
+            n = min(GRID_SIZE, len(logits))
+            self._grid = {"images": batch["image"][:n].cpu(), "logits": logits[:n].cpu(),
+                          "labels": batch["label"][:n].cpu()}
+
+    def epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
+        return self.metrics.compute(split)
+
+    def validation_metrics(self) -> list[str]:
+        return ["val/loss", *self.metrics["val"].keys()]
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        classes = self.class_names()
+        if self.confusion is not None:
+            matrix = self.confusion.compute()  # synced across processes
+            self.confusion.reset()
+            self.log_figure("test/confusion_matrix", confusion_matrix_figure(matrix, classes))
+        if self._grid:
+            predicted, actual = self.describe(self._grid["logits"], self._grid["labels"])
+            self.log_figure("test/predictions",
+                            prediction_grid_figure(self._grid["images"], predicted, actual))
+            self._grid = {}
+
+    def class_names(self) -> list[str]:
+        classes = getattr(getattr(self.trainer, "datamodule", None), "classes", None)
+        return list(classes) if classes else [str(i) for i in range(self.num_classes)]
+
+    def describe(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[str], list[str]]:
+        """Predicted and true class names (comma-joined tags for multi-label data)."""
+        classes = self.class_names()
+        if self.task == "multilabel":
+            def tags(row):
+                return ",".join(classes[i] for i in row.nonzero().flatten().tolist()) or "-"
+            return [tags(r) for r in (logits > 0)], [tags(r) for r in labels > 0.5]
+        return [classes[i] for i in logits.argmax(1).tolist()], [classes[i] for i in labels.tolist()]
