@@ -209,3 +209,39 @@ def test_batch_collator_without_text_keys():
     items = [{"image": torch.zeros(1, 4, 4), "label": torch.tensor(i)} for i in range(3)]
     batch = BatchCollator()(items)
     assert batch["image"].shape == (3, 1, 4, 4) and batch["label"].tolist() == [0, 1, 2]
+
+
+def test_training_order_depends_on_seed_and_epoch_only():
+    from lmvision.data.datamodule import EpochShuffleSampler
+
+    sampler = EpochShuffleSampler(50, seed=3)
+    first = list(sampler)
+    torch.manual_seed(123)  # the global random state does not matter (a resumed run differs there)
+    assert list(sampler) == first and sorted(first) == list(range(50))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    assert list(EpochShuffleSampler(50, seed=4)) != first
+
+
+@pytest.mark.parametrize("n", [9, 10])
+def test_evaluation_shares_cover_every_item_once(n):
+    from lmvision.data.datamodule import UnpaddedDistributedSampler
+
+    shares = [list(UnpaddedDistributedSampler(list(range(n)), num_replicas=2, rank=r, shuffle=False))
+              for r in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(n))  # no item repeated to pad a share
+    assert [len(UnpaddedDistributedSampler(list(range(n)), num_replicas=2, rank=r)) for r in (0, 1)] == \
+        [len(s) for s in shares]
+
+
+def test_whole_numbers_are_not_silently_floored():
+    with pytest.raises(DataConfigError, match=r"data.batch_size=1.5: expected a whole number"):
+        datamodule(ShapesDataset(60, 32, seed=0), batch_size=1.5)
+
+
+def test_a_split_missing_classes_is_named():
+    from lmvision.data.datamodule import SplitWarning
+
+    with pytest.warns(SplitWarning, match=r"the test split \(2 items\) has no example of"):
+        dm = datamodule(ShapesDataset(10, 32, seed=0))
+    assert any(m.startswith("the test split") for m in dm.split_warnings)

@@ -13,6 +13,10 @@ pytestmark = pytest.mark.slow
 TINY = ["data.num_images=400", "logger=csv", "debug=limit"]
 
 
+def read(path):
+    return json.loads(path.read_text())
+
+
 def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "lmvision.train", "-m", "seed=0,1,2", "backbone=small_cnn,resnet18",
@@ -22,13 +26,30 @@ def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
     assert [p.name for p in jobs] == ["0", "1", "2", "3", "4", "5"]
     seen = set()
     for job in jobs:
-        metrics = json.loads((job / "metrics.json").read_text())
-        record = json.loads((job / "run.json").read_text())
+        metrics = read(job / "metrics.json")
+        record = read(job / "run.json")
         assert record["status"] == "completed" and "test/acc" in metrics
         assert (job / "checkpoints" / "last.ckpt").is_file()
         seen.add((record["seed"], record["choices"]["backbone"]))
     assert seen == {(s, b) for s in (0, 1, 2) for b in ("small_cnn", "resnet18")}
+    assert f"Sweep {sweep}: 6 of 6 jobs completed" in result.stdout
     check_compare_notebook(sweep)
+
+
+def test_a_failing_job_does_not_end_the_sweep(tmp_path):
+    """The middle job's options leave nothing to train on: the third job still runs, and the
+    sweep ends with a summary naming the failure and a non-zero exit status."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "lmvision.train", "-m", "data.val_fraction=0.1,0.95,0.2", *TINY,
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=900)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert [read(sweep / str(i) / "run.json")["status"] for i in range(3)] == \
+        ["completed", "failed", "completed"]
+    summary = result.stdout[result.stdout.index(f"Sweep {sweep}:"):].splitlines()
+    assert summary[0] == f"Sweep {sweep}: 2 of 3 jobs completed, 1 failed"
+    assert "job 1: failed" in summary[2] and "leaves nothing to train on" in summary[2]
+    assert "data.val_fraction=0.2" in summary[3] and "val/acc_best=" in summary[3]
+    assert "lmvision: error: data.val_fraction + data.test_fraction" in result.stderr
 
 
 def check_compare_notebook(runs_dir):
@@ -50,17 +71,47 @@ def check_compare_notebook(runs_dir):
     assert "image_classifier | shapes | resnet18 | 3 |" in text
 
 
-def test_ddp_on_cpu_trains_with_two_processes_and_one_run_record(tmp_path):
+def test_ddp_test_metrics_equal_one_process(tmp_path):
+    """Train under DDP (2 CPU processes, gloo), then test the checkpoint with 2 processes and
+    with 1: every test item is evaluated exactly once, so the metrics agree."""
     run_dir = tmp_path / "ddp"
     result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "data.num_images=600",
                       "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={run_dir}"],
                      cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((run_dir / "run.json").read_text())
+    record = read(run_dir / "run.json")
     assert record["status"] == "completed"
     assert record["device"]["world_size"] == 2 and record["device"]["strategy"] == "DDPStrategy"
-    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
     # Only rank 0 prints the summary and writes the record; rank 1 ran (its Hydra log exists).
     assert result.stdout.count("Run directory:") == 1
     assert (run_dir / "train_ddp_process_1.log").is_file()
     assert sorted(p.name for p in run_dir.glob("*.json")) == ["metrics.json", "run.json"]
+
+    metrics = {}
+    for trainer in ("ddp_cpu", "cpu"):
+        out = tmp_path / f"eval-{trainer}"
+        done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={record['checkpoints']['best']}",
+                        f"trainer={trainer}", "data.batch_size=64", f"hydra.run.dir={out}"],
+                       cwd=tmp_path, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        metrics[trainer] = read(out / "metrics.json")
+    assert metrics["ddp_cpu"].keys() == metrics["cpu"].keys()
+    for key, value in metrics["cpu"].items():
+        assert metrics["ddp_cpu"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_fusion_under_ddp_with_the_default_wandb_logger(tmp_path):
+    """What the README says works: `make train ARGS="trainer=ddp_cpu experiment=fusion_shapes
+    debug=limit"`: every parameter is used in every step (or DDP would stop), W&B (offline)
+    runs on rank 0 only, and the run record is completed."""
+    run_dir = tmp_path / "fusion-ddp"
+    result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "experiment=fusion_shapes",
+                      "debug=limit", "strategy.net.modality_dropout=0.3", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path, timeout=600,
+                     env={"WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "none")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read(run_dir / "run.json")
+    assert record["status"] == "completed" and record["device"]["world_size"] == 2
+    assert record["wandb"]["mode"] == "offline"
+    assert {"test/acc", "test/acc_no_text"} <= set(read(run_dir / "metrics.json"))
+    assert result.stdout.count("Run directory:") == 1

@@ -59,3 +59,25 @@ def test_timm_models_by_name():
 def test_heads(head):
     out = head(torch.randn(3, 16))
     assert out.shape == (3, 5)
+
+
+@pytest.mark.parametrize("mode,dropout", [("fused", 0.5), ("fused", 0.0), ("image_only", 0.0),
+                                          ("text_only", 0.0)])
+def test_every_parameter_of_a_fusion_network_gets_a_gradient(mode, dropout):
+    """DDP (find_unused_parameters=False) stops on a parameter that a step does not use."""
+    from lmvision.nn.classifiers import FusionClassifier
+    from lmvision.nn.fusions import ConcatFusion
+    from lmvision.nn.text_encoders import scratch_bert
+    from lmvision.text.tokenizers import WordPieceTokenizer
+
+    tokenizer = WordPieceTokenizer(vocab_size=60)(["a red circle", "a blue cross or a square"])
+    net = FusionClassifier(SmallCNN(widths=(8,), out_dim=8),
+                           scratch_bert(tokenizer, dim=16, depth=1, heads=2, intermediate_size=16),
+                           ConcatFusion, LinearHead, num_classes=3, mode=mode, modality_dropout=dropout)
+    enc = tokenizer(["a red circle", "a blue cross"], padding=True, return_tensors="pt")
+    logits = net({"image": torch.randn(2, 3, 16, 16), "text_ids": enc["input_ids"],
+                  "text_mask": enc["attention_mask"]})
+    logits.sum().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
+    assert (net.image_encoder is None) == (mode == "text_only")
+    assert (net.text_encoder is None) == (mode == "image_only")

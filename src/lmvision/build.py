@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lmvision.errors import UserError
+from lmvision.errors import UserError, user_error_in
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -69,11 +69,17 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
 
 @contextmanager
 def failures_recorded(record):
-    """Mark run.json failed with the error (and re-raise) if assembling the run fails."""
+    """Mark run.json failed with the error (and re-raise) if assembling the run fails.
+
+    A user's mistake wrapped by Hydra (``InstantiationException``) is raised as itself.
+    """
     try:
         yield
     except BaseException as err:
-        record.fail(err)
+        user = user_error_in(err)
+        record.fail(user or err)
+        if user is not None and user is not err:
+            raise user from err
         raise
 
 

@@ -43,15 +43,19 @@ def main(hydra_main: Callable[[], Any], config_name: str) -> None:
         message = user_message(err, config_name)
         if message is None:
             raise
-        print(f"lmvision: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        exit_with_error(message)
     if _run_failures:
         err = _run_failures.pop()
         user = user_error_in(err)
         if user is None:
             raise err  # a bug: the full traceback
-        print(f"lmvision: error: {user}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+        exit_with_error(str(user))
+
+
+def exit_with_error(message: str) -> None:
+    """Print ``lmvision: error: <message>`` on stderr and exit with status 2."""
+    print(f"lmvision: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -107,19 +111,21 @@ def unknown_key_message(override_key: str, missing: str, config_name: str) -> st
     """``trainer.max_epoch: no such option; did you mean trainer.max_epochs?``"""
     keys = config_keys(config_name)
     leaf = override_key.split(".")[-1]
-    parent = missing.rsplit(".", 1)[0] if "." in missing else ""
-    siblings = [k for k in keys if (k.rsplit(".", 1)[0] if "." in k else "") == parent]
-    close = difflib.get_close_matches(missing, siblings, n=3, cutoff=0.6)
-    if missing != override_key:  # a section itself is unknown (optim.lr): look for the leaf
-        close += [k for k in keys if k.split(".")[-1] == leaf and k not in close][:3]
-    else:
-        close += [k for k in keys if k.split(".")[-1] == leaf and k != missing and k not in close][:3]
+    parent, _, name = missing.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
+    close = [siblings[n] for n in difflib.get_close_matches(name, list(siblings), n=2, cutoff=0.7)]
+    if missing != override_key:  # a section is unknown (optim.lr): complete its suggestions
+        rest = override_key[len(missing):]
+        close = [k + rest for k in close if k + rest in keys]
+    # the same option under another section (lr -> optimizer.lr, batch_size -> data.batch_size)
+    close += [k for k in keys if k.split(".")[-1] == leaf and k not in close][:2]
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return (f"{override_key}: no such option{hint} (to add a new key, write +{override_key}=...)")
 
 
 def config_keys(config_name: str) -> list[str]:
-    """Every key of the default config, dotted (``trainer.max_epochs``); [] if it cannot compose."""
+    """Every key of the default config, dotted (``trainer.max_epochs``), except those that only
+    repeat another by interpolation; [] if the config cannot be composed."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -137,7 +143,8 @@ def config_keys(config_name: str) -> list[str]:
         if isinstance(node, dict):
             for key, value in node.items():
                 path = f"{prefix}.{key}" if prefix else str(key)
-                keys.append(path)
+                if not (isinstance(value, str) and value.startswith("${")):
+                    keys.append(path)
                 walk(value, path)
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")

@@ -3,6 +3,9 @@
 * :class:`RunDirGuard` refuses, before Hydra writes anything, a run pointed at a directory that
   holds another run; a run that resumes its own directory keeps the first ``.hydra`` config
   and writes its own beside it (``.hydra/resume-<n>/``).
+
+Hydra turns an ``Exception`` raised by a callback into a warning and goes on, so these exit
+with ``SystemExit`` instead.
 * :class:`SweepSummary` ends a sweep (``-m``) with one line per job, read from the jobs' run
   records, and a non-zero exit status if any job failed.
 """
@@ -16,6 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from lmvision.cli import exit_with_error
+from lmvision.errors import UserError
 from lmvision.runs import claim_run_dir, global_rank
 
 
@@ -24,7 +29,10 @@ class RunDirGuard(Callback):
         if global_rank() != 0:  # DDP workers share rank 0's directory
             return
         run_dir = Path(str(config.hydra.run.dir))
-        resuming = claim_run_dir(run_dir, config.get("job_type", "train"), config.get("ckpt_path"))
+        try:
+            resuming = claim_run_dir(run_dir, config.get("job_type", "train"), config.get("ckpt_path"))
+        except UserError as err:  # Hydra turns a callback's Exception into a mere warning
+            exit_with_error(str(err))
         subdir = config.hydra.output_subdir
         if resuming and subdir is not None and (run_dir / subdir / "config.yaml").is_file():
             n = 1

@@ -46,6 +46,10 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _walk(value: Any, raw: Any, path: str, root: dict) -> None:
+    seen = set()
+    while isinstance(raw, str) and (found := INTERPOLATION.match(raw)) and path not in seen:
+        seen.add(path)  # a whole section taken from elsewhere (${optimizer}): name that place
+        path, raw = found.group(1), _raw_at(root, found.group(1))
     if isinstance(value, dict):
         if "_target_" in value:
             _check_target(value, raw, path, root)
