@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import CONF, ROOT, run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-
-from conftest import CONF, ROOT, run_cli
 
 GROUPS = ["data", "strategy", "backbone", "head", "text_encoder", "fusion", "optimizer", "scheduler",
           "trainer", "logger", "callbacks", "paths", "debug", "experiment"]

@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import compose, run_cli
 
 TINY = ["data.num_images=300", "logger=csv", "debug=limit"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONF, run_cli
+
 from lmvision.errors import UserError
 from lmvision.evaluate import evaluate
 from lmvision.runs import collect_runs

@@ -7,9 +7,9 @@ import hashlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from lmvision.data import spec
+from lmvision.data.in_memory import InMemoryDataset
 from lmvision.errors import UserError
 
 _CAPTIONS = (
@@ -28,7 +28,7 @@ _TEXTS = (
 )
 
 
-class DigitsDataset(Dataset):
+class DigitsDataset(InMemoryDataset):
     """scikit-learn's handwritten digits as a grey-scale image dataset.
 
     Args:
@@ -66,13 +66,3 @@ class DigitsDataset(Dataset):
         h.update(self.labels.numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict:
-        return {
-            "image": self.images[index],
-            "label": self.labels[index],
-            "caption": self.captions[index],
-            "text": self.texts[index],
-        }

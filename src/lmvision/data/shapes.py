@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from lmvision.data import spec
+from lmvision.data.in_memory import InMemoryDataset
 from lmvision.errors import UserError
 from lmvision.files import atomic_write
 
@@ -51,7 +51,7 @@ _PAIR_HUES = {"red": (0.0, 28.0), "green": (115.0, 160.0), "blue": (215.0, 265.0
 _COLOR_BAND = {c: _PAIR_HUES[pair[0]] for pair in spec.COLOR_PAIRS for c in pair}
 
 
-class ShapesDataset(Dataset):
+class ShapesDataset(InMemoryDataset):
     """Shapes rendered in code; items are dicts with ``image``, ``label``, ``caption``, ``text``.
 
     Args:
@@ -97,16 +97,6 @@ class ShapesDataset(Dataset):
         h.update(self.target.encode())
         return h.hexdigest()[:16]
 
-    def __len__(self) -> int:
-        return self.num_images
-
-    def __getitem__(self, index: int) -> dict:
-        return {
-            "image": self.images[index],
-            "label": self.labels[index],
-            "caption": self.captions[index],
-            "text": self.texts[index],
-        }
 
     # -- labels -------------------------------------------------------------------------
     def _labels(self) -> torch.Tensor:

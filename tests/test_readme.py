@@ -1,0 +1,74 @@
+"""Every command line in README.md runs as written (marked slow).
+
+Each ``lmvision-train`` / ``lmvision-eval`` line of the README's shell blocks runs with a tiny
+budget appended (``debug=fdr``), in a temporary directory; ``outputs/<run>`` is replaced by a
+real run directory trained here. Lines that need a GPU or the network (a hub model name) are
+composed instead (``--cfg job``): that checks every option they name.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import sys
+
+import pytest
+from conftest import ROOT, compose, run_cli
+
+pytestmark = pytest.mark.slow
+
+ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate"}
+NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT")
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.split(" ")[0] in ENTRY_POINTS]
+
+
+def test_the_readme_has_commands_for_both_entry_points():
+    commands = readme_commands()
+    assert len(commands) >= 15
+    assert {c.split(" ")[0] for c in commands} == set(ENTRY_POINTS)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from lmvision.train import train
+
+    run = tmp_path_factory.mktemp("readme") / "run"
+    train(compose(["data.num_images=300", "logger=csv", "debug=limit"], run))
+    return run
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_command_runs(command, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)  # a resume changes the run it continues: use a copy
+    words = shlex.split(command.replace("outputs/<run>", str(run)))
+    args = ["-m", ENTRY_POINTS[words[0]], *words[1:]]
+    if any(flag in words for flag in ("--help", "--cfg")):
+        pass
+    elif any(need in command for need in NEEDS_GPU_OR_NETWORK):
+        args += ["--cfg", "job"]
+    else:
+        args.append("debug=fdr")
+        if not any(w.startswith("hydra.run.dir=") for w in words):
+            args += [f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = run_cli(args, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, f"{sys.executable} {' '.join(args)}\n{result.stderr[-3000:]}"
+    if "--cfg" not in args and "--help" not in args:
+        assert "Run directory:" in result.stdout or "jobs completed" in result.stdout
+
+
+def test_readme_documents_what_the_code_offers():
+    """Every config group and option named in the README's table exists, and vice versa."""
+    text = (ROOT / "README.md").read_text()
+    table = re.findall(r"^\| `(\w+)` \| (.*?) \|", text, flags=re.M)
+    groups = {g: set(re.findall(r"`(\w+)`", options)) for g, options in table}
+    assert set(groups) == {p.name for p in (ROOT / "conf").iterdir() if p.is_dir()}
+    for group, documented in groups.items():
+        present = {p.stem for p in (ROOT / "conf" / group).glob("*.yaml")}
+        assert present <= documented, (group, present - documented)
