@@ -115,5 +115,13 @@ def load_weights(net: nn.Module, checkpoint: dict, path: str | Path,
             "unused": sorted(k for k in stored if k not in target)}
 
 
+def describe_loaded(report: dict[str, Any]) -> str:
+    """One line about what :func:`load_weights` did, for the run's output."""
+    where = "net" + (f".{report['prefix']}" if report["prefix"] else "")
+    return (f"init_from={report['checkpoint']}: loaded {report['loaded']} tensors into {where}; "
+            f"{len(report['missing'])} kept their initial values, {len(report['unused'])} in the "
+            "checkpoint unused")
+
+
 def _children(net: nn.Module) -> list[str]:
     return [name for name, _ in net.named_children()]

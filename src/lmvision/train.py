@@ -62,7 +62,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         stored = checkpoints.read(ckpt_path, "ckpt_path") if ckpt_path else None
         init = checkpoints.read(cfg.init_from, "init_from") if cfg.get("init_from") else None
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(stored or init, cfg, choices))
+        tokenizer = build.stored_tokenizer(stored or init, cfg, choices)
+        datamodule, model = build.data_and_model(cfg, tokenizer)
         if stored is not None:
             checkpoints.check_fits(stored, model, ckpt_path, "ckpt_path", cfg.strategy._target_,
                                    choices)
@@ -71,10 +72,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                               cfg.get("init_from_prefix"))
             record.update(init_from=loaded)
             if record.enabled:
-                print(f"init_from={cfg.init_from}: loaded {loaded['loaded']} tensors into "
-                      f"net{'.' + loaded['prefix'] if loaded['prefix'] else ''}; "
-                      f"{len(loaded['missing'])} kept their initial values, "
-                      f"{len(loaded['unused'])} in the checkpoint unused", flush=True)
+                print(checkpoints.describe_loaded(loaded), flush=True)
         if record.previous_wandb_id and "wandb" in (cfg.get("logger") or {}):
             cfg.logger.wandb.id = record.previous_wandb_id  # continue the same W&B run
         callbacks = build.instantiate_group(cfg.get("callbacks"))
