@@ -1,16 +1,23 @@
 """Helpers shared by the study scripts: run `python -m lmvision.train` for real, read the run
-record, summarise over seeds, and rewrite the results section of a study's README."""
+record, summarise over seeds, say where a study ran, and rewrite the results section of a
+study's README."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
+from lmvision.files import atomic_write
+from lmvision.runs import git_info, package_versions
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+PACKAGES = ("torch", "pytorch-lightning", "torchmetrics")  # named in environment_line()
 
 
 def train(overrides: list[str], run_dir: Path) -> dict:
@@ -34,9 +41,41 @@ def mean_std(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def environment_line() -> str:
+    """When and where a study ran: date, CPU cores and model, GPU, Python, package versions and
+    the lmvision commit, in one line."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    versions = package_versions()
+    packages = ", ".join(f"{name} {versions.get(name)}" for name in PACKAGES)
+    git = git_info()
+    commit = "no git checkout" if not git["commit"] else (
+        f"commit {git['commit'][:10]}" + (" with uncommitted changes" if git["dirty"] else ""))
+    return (f"Measured on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {cores} CPU cores "
+            f"({cpu}, {platform.system()} {platform.machine()}), {gpu}, Python "
+            f"{platform.python_version()}, {packages}; lmvision {commit}.")
+
+
 def write_results(readme: Path, text: str) -> None:
-    """Replace what stands between the results markers of ``readme`` with ``text``."""
+    """Replace what stands between the results markers of ``readme`` with ``text`` (atomically)."""
     content = readme.read_text()
+    if START not in content or END not in content.split(START, 1)[1]:
+        raise SystemExit(f"{readme} has no {START} ... {END} section")
     head, rest = content.split(START, 1)
     tail = rest.split(END, 1)[1]
-    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    mode = readme.stat().st_mode
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(f"{head}{START}\n{text}\n{END}{tail}")
+        os.chmod(tmp, mode)  # keep the README's permissions (a temporary file starts at 0600)
+
+    atomic_write(readme, write)

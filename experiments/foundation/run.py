@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -88,13 +86,8 @@ def main() -> int:
     checks["--help ≤ 2 s"] = help_s <= TARGETS["help_s"]
     checks["shapes ≥ 5,000 images/s on one core"] = shapes_s >= TARGETS["shapes_per_s"]
 
-    import torch
-    import pytorch_lightning
-
     lines = [
-        f"Measured on {date.today().isoformat()}: {os.cpu_count()} CPU cores ({platform.machine()}), no GPU, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, "
-        f"pytorch-lightning {pytorch_lightning.__version__}. Command: "
+        f"{studies.environment_line()} Command: "
         f"`python experiments/foundation/run.py --seeds {' '.join(map(str, args.seeds))} --write-readme`.",
         "",
         "| run | seed | test/acc | test/f1_macro | training s (`fit_seconds`) | whole run s |",

@@ -5,9 +5,9 @@
 
 Every run is `python -m lmvision.train experiment=fusion_shapes ...` (shapes, target
 color_shape, small_cnn image encoder, frozen packaged MiniLM text encoder, CSV logger):
-  * strategy.mode=image_only and strategy.mode=text_only (the unimodal baselines);
-  * strategy.mode=fused with each fusion module, without modality dropout;
-  * the same with strategy.modality_dropout=P (default 0.5), for test/acc_no_text.
+  * strategy.net.mode=image_only and strategy.net.mode=text_only (the unimodal baselines);
+  * strategy.net.mode=fused with each fusion module, without modality dropout;
+  * the same with strategy.net.modality_dropout=P (default 0.5), for test/acc_no_text.
 Time per epoch is `fit_seconds` (run.json) divided by the number of epochs (training and
 validation, the one-time text-feature cache included).
 """
@@ -15,14 +15,12 @@ validation, the one-time text-feature cache included).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
-from datetime import date
 from pathlib import Path
+
+from lmvision.files import write_json
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -34,11 +32,12 @@ EPOCHS = 8  # conf/trainer/default.yaml
 
 
 def configurations(fusions: list[str], dropout: float) -> list[tuple[str, list[str]]]:
-    configs = [("image_only", ["strategy.mode=image_only"]),
-               ("text_only", ["strategy.mode=text_only"])]
-    configs += [(f"fused: {f}", ["strategy.mode=fused", f"fusion={f}"]) for f in fusions]
+    configs = [("image_only", ["strategy.net.mode=image_only"]),
+               ("text_only", ["strategy.net.mode=text_only"])]
+    configs += [(f"fused: {f}", ["strategy.net.mode=fused", f"fusion={f}"]) for f in fusions]
     configs += [(f"fused: {f} + modality dropout {dropout}",
-                 ["strategy.mode=fused", f"fusion={f}", f"strategy.modality_dropout={dropout}"])
+                 ["strategy.net.mode=fused", f"fusion={f}",
+                  f"strategy.net.modality_dropout={dropout}"])
                 for f in fusions]
     return configs
 
@@ -92,14 +91,10 @@ def main() -> int:
     for f, ratio in epoch_ratio.items():
         checks[f"{f}: epoch time {ratio:.2f}× image_only (≤ 1.5×)"] = ratio <= 1.5
 
-    import pytorch_lightning
-    import torch
-
+    seeds = " ".join(map(str, args.seeds))
     lines = [
-        f"Measured on {date.today().isoformat()}: {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"no GPU, torch {torch.__version__}, pytorch-lightning {pytorch_lightning.__version__}; "
-        f"seeds {' '.join(map(str, args.seeds))}, {EPOCHS} epochs each. Command: "
-        f"`python experiments/fusion/run.py --seeds {' '.join(map(str, args.seeds))} --write-readme`.",
+        f"{studies.environment_line()} Seeds {seeds}, {EPOCHS} epochs each. Command: "
+        f"`python experiments/fusion/run.py --seeds {seeds} --write-readme`.",
         "",
         "| run (experiment=fusion_shapes) | test/acc | test/f1_macro | test/acc_no_text | s / epoch |",
         "|---|---|---|---|---|",
@@ -113,7 +108,7 @@ def main() -> int:
         studies.write_results(HERE / "README.md", text)
         raw = {name: [{k: v for k, v in r.items() if k != "last_lines"} for r in runs]
                for name, runs in results.items()}
-        (HERE / "results.json").write_text(json.dumps(raw, indent=1, sort_keys=True))
+        write_json(HERE / "results.json", raw)
     return 0 if all(checks.values()) else 1
 
 

@@ -1,32 +1,25 @@
 """Overhead study: lmvision's training loop against a plain PyTorch loop, in one process.
 
-The same model (SmallCNN + LinearHead, same initial weights), the same batches (materialised
-once from ``ShapesDataset`` + ``ImageDataModule``), the same optimiser and the same seed are
-trained twice per repeat: once by the real ``ImageClassifier`` LightningModule under a
-``pytorch_lightning.Trainer`` and once by a hand-written loop. The two sides alternate which
-goes first. The script prints the median step time of each side, their ratio
-(lmvision / plain) and the largest per-step loss difference, and exits non-zero when the
-ratio exceeds 1.05 or the losses differ by more than 1e-5.
+The same network and initial weights, batches and optimiser, trained per repeat by the real
+``ClassificationStrategy`` under a ``pytorch_lightning.Trainer`` and by a hand-written loop,
+in alternating order. Prints the median step times, their ratio (lmvision / plain) and the
+largest per-step loss difference; exits non-zero when the ratio exceeds 1.05 or the losses
+differ by more than 1e-5. README.md next to this file explains what is measured and why.
 
-    .venv/bin/python experiments/overhead/run.py                  # full study (about 3 minutes)
+    .venv/bin/python experiments/overhead/run.py                  # full study
     .venv/bin/python experiments/overhead/run.py --write-readme   # ... and update README.md
     .venv/bin/python experiments/overhead/run.py --quick          # smoke run: losses only
-
-See README.md next to this file for what is measured and why.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import functools
 import gc
-import json
+import itertools
 import logging
 import math
 import os
-import platform
 import random
 import statistics
 import sys
@@ -36,429 +29,250 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-import torchmetrics
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lmvision.data.datamodule import ImageDataModule
 from lmvision.data.shapes import ShapesDataset
+from lmvision.files import write_json
+from lmvision.nn.classifiers import ImageClassifier
 from lmvision.nn.heads import LinearHead
 from lmvision.nn.image_encoders import SmallCNN
-from lmvision.strategies.image_classifier import ImageClassifier
+from lmvision.optim import AdamW
+from lmvision.strategies.classification import ClassificationStrategy
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
 
 RATIO_TARGET = 1.05  # lmvision median step time / plain median step time
 LOSS_TOLERANCE = 1e-5  # max |loss_lmvision - loss_plain| over all steps and repeats
 BUSY_WARNING = 0.25  # CPU cores used by other processes above which the report warns
-IMAGE_SIZE = 32
-LEARNING_RATE = 1e-3
-
-README = Path(__file__).with_name("README.md")
-RESULTS_START = "<!-- results:start -->"
-RESULTS_END = "<!-- results:end -->"
-
+IMAGE_SIZE, LEARNING_RATE = 32, 1e-3
+SIDES = ("lmvision", "plain")
 # The Trainer of the lmvision side (plus max_steps/max_epochs); README.md explains each choice.
-TRAINER_SETTINGS = dict(
-    accelerator="cpu",
-    devices=1,
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    num_sanity_val_steps=0,
-    limit_val_batches=0,
-    deterministic=True,
-)
+TRAINER_SETTINGS = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, deterministic=True)
 
 
-# ------------------------------------------------------------------------------------------
-# Data: one fixed list of batch dicts, fed to both sides through the same kind of loader.
-# ------------------------------------------------------------------------------------------
-def build_batches(num_images: int, batch_size: int, steps: int, seed: int):
-    """``steps`` full training batches from the lmvision datamodule, and that datamodule.
-
-    Epochs of ``dm.train_dataloader()`` are drawn (its shuffle seeded by ``seed``) until
-    ``steps`` full batches are collected; a short last batch of an epoch is skipped so that
-    every step does the same amount of work.
-    """
-    dataset = ShapesDataset(num_images=num_images, image_size=IMAGE_SIZE, seed=0)
+def build_batches(args: argparse.Namespace) -> tuple[list[dict], ImageDataModule]:
+    """``--steps`` full batches from epochs 0, 1, ... of the datamodule's (seeded) train loader,
+    and the datamodule; short last batches are skipped so every step does the same work."""
+    dataset = ShapesDataset(num_images=args.num_images, image_size=IMAGE_SIZE, seed=0)
     dm = ImageDataModule(dataset, num_classes=len(dataset.classes), image_size=IMAGE_SIZE,
-                         channels=dataset.channels, task=dataset.task, batch_size=batch_size,
-                         split_seed=seed)
+                         channels=dataset.channels, task=dataset.task,
+                         batch_size=args.batch_size, split_seed=args.seed)
     dm.setup("fit")
-    if len(dm.data_train) < batch_size:
-        raise SystemExit(f"--num-images={num_images} gives {len(dm.data_train)} training items, "
-                         f"fewer than --batch-size={batch_size}")
-    torch.manual_seed(seed)  # the train loader shuffles with the global generator
+    if len(dm.data_train) < args.batch_size:
+        raise SystemExit(f"--num-images={args.num_images} gives {len(dm.data_train)} training "
+                         f"items, fewer than --batch-size={args.batch_size}")
     batches: list[dict] = []
-    while len(batches) < steps:
-        for batch in dm.train_dataloader():
-            if len(batch["label"]) == batch_size:
-                batches.append(batch)
-            if len(batches) == steps:
-                break
-    return batches, dm
-
-
-class PrebuiltBatches(Dataset):
-    """Item ``i`` is the ready-made batch dict ``i``; served with ``batch_size=None``."""
-
-    def __init__(self, batches: list[dict]) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.batches[i]
-
-
-def _as_is(batch: dict) -> dict:
-    return batch
+    for epoch in range(args.steps):
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        batches += [b for b in loader if len(b["label"]) == args.batch_size]
+        if len(batches) >= args.steps:
+            return batches[:args.steps], dm
+    raise AssertionError("unreachable: every epoch gives at least one full batch")
 
 
 def make_loader(batches: list[dict]) -> DataLoader:
-    """The loader both sides iterate: no workers, no shuffling, batches passed through as is."""
-    return DataLoader(PrebuiltBatches(batches), batch_size=None, shuffle=False, num_workers=0,
-                      collate_fn=_as_is)
+    """What both sides iterate: no workers, no shuffling, the prebuilt batch dicts as they are."""
+    return DataLoader(batches, batch_size=None, shuffle=False, num_workers=0,
+                      collate_fn=lambda batch: batch)
 
 
-# ------------------------------------------------------------------------------------------
-# The two sides. Timing definition (the same on both): a step's time is the interval between
-# the end of the previous step and the end of this one, the end being taken right after the
-# optimiser step (lmvision: first thing in on_train_batch_end). So a step covers everything
-# the loop does per batch: fetching it, the hooks, forward, backward, the optimiser, logging.
-# ------------------------------------------------------------------------------------------
-def _cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, CPU s used by the whole machine so far, CPU s used by this process so far)."""
-    machine = math.nan
-    try:  # Linux: user nice system idle iowait irq softirq steal, in clock ticks
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:9]]
-        machine = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    own = os.times()
-    return time.perf_counter(), machine, own.user + own.system
+class Run(pl.Callback):
+    """What one run of one side records. A step ends right after the optimiser step (lmvision:
+    first thing in on_train_batch_end, this being a callback); a step's time runs from the
+    previous step's end, so it covers everything the loop does per batch. Created just before
+    the model is built."""
 
-
-class RunRecord:
-    """What one run of one side recorded."""
-
-    def __init__(self, side: str) -> None:
-        self.side = side
+    def __init__(self, seed: int) -> None:
+        pl.seed_everything(seed, verbose=False)
+        gc.collect()
         self.ends: list[float] = []  # perf_counter() at the end of each step
         self.cpu_ends: list[float] = []  # thread_time() of the main thread at the same moments
         self.losses: list[torch.Tensor] = []  # detached loss of each step
-        self.wall_s = 0.0  # whole run: model and Trainer set-up, all steps, teardown
-        self.other_cores = math.nan  # mean CPU cores used by other processes during the run
-        self._snapshot = (0.0, 0.0, 0.0)
+        self._start = self._snapshot()
 
-    def start(self) -> None:
-        self._snapshot = _cpu_snapshot()
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float]:
+        """(wall s, CPU s the whole machine used so far, CPU s this process used so far)."""
+        machine = math.nan
+        try:  # Linux: user nice system idle iowait irq softirq steal, in clock ticks
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:9]]
+            machine = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+        own = os.times()
+        return time.perf_counter(), machine, own.user + own.system
 
-    def stop(self) -> None:
-        wall, machine, own = _cpu_snapshot()
-        w0, m0, o0 = self._snapshot
-        self.wall_s = wall - w0
-        self.other_cores = max(0.0, (machine - m0) - (own - o0)) / max(self.wall_s, 1e-9)
-
-    def step_times(self, warmup: int) -> list[float]:
-        """Per-step seconds; the first step has no predecessor, then ``warmup`` more are dropped."""
-        return [b - a for a, b in zip(self.ends, self.ends[1:])][warmup:]
-
-    def cpu_times(self, warmup: int) -> list[float]:
-        """Like ``step_times`` in CPU seconds of the main thread (blind to other processes)."""
-        return [b - a for a, b in zip(self.cpu_ends, self.cpu_ends[1:])][warmup:]
-
-    def loss_values(self) -> torch.Tensor:
-        return torch.stack(self.losses).double()
-
-
-class StepRecorder(pl.Callback):
-    """Records the end time and the loss of every training step."""
-
-    def __init__(self, record: RunRecord) -> None:
-        self.record = record
+    def step_done(self, loss: torch.Tensor) -> None:
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.thread_time())
+        self.losses.append(loss.detach())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.record.ends.append(time.perf_counter())
-        self.record.cpu_ends.append(time.thread_time())
-        self.record.losses.append(outputs["loss"].detach())
+        self.step_done(outputs["loss"])
+
+    def stop(self) -> Run:
+        """Set ``wall_s`` (the whole run) and ``other_cores`` (cores other processes used)."""
+        (w0, m0, o0), (w1, m1, o1) = self._start, self._snapshot()
+        self.wall_s = w1 - w0
+        self.other_cores = max(0.0, (m1 - m0) - (o1 - o0)) / max(self.wall_s, 1e-9)
+        return self
+
+    def step_times(self, warmup: int, cpu: bool = False) -> list[float]:
+        """Seconds per step (wall, or main-thread CPU): the first step has no predecessor, then
+        ``warmup`` more are dropped."""
+        ends = self.cpu_ends if cpu else self.ends
+        return [b - a for a, b in itertools.pairwise(ends)][warmup:]
 
 
-def _copied_head(in_dim: int, out_dim: int, *, initial: nn.Module) -> nn.Module:
-    """The ``head`` callable for ImageClassifier: a copy of the shared initial head."""
-    if (initial.fc.in_features, initial.fc.out_features) != (in_dim, out_dim):
-        raise ValueError(f"initial head is {initial.fc}, asked for ({in_dim}, {out_dim})")
-    return copy.deepcopy(initial)
-
-
-def _optimizer() -> functools.partial:
-    return functools.partial(torch.optim.AdamW, lr=LEARNING_RATE)
-
-
-def run_lmvision(encoder0: nn.Module, head0: nn.Module, datamodule: ImageDataModule,
-                 batches: list[dict], seed: int) -> RunRecord:
-    """Train the real ImageClassifier with a Lightning Trainer over ``batches``.
-
-    The real datamodule is used (its ``transfer_batch_to_device`` is part of every step), with
-    its train loader swapped for the prebuilt batches.
-    """
-    record = RunRecord("lmvision")
-    pl.seed_everything(seed, verbose=False)
-    gc.collect()
-    record.start()
-    model = ImageClassifier(
-        encoder=copy.deepcopy(encoder0),
-        head=functools.partial(_copied_head, initial=head0),
-        num_classes=datamodule.num_classes,
-        optimizer=_optimizer(),
-        scheduler=None,
-        task="multiclass",
-    )
-    trainer = pl.Trainer(max_steps=len(batches), max_epochs=1, callbacks=[StepRecorder(record)],
-                         **TRAINER_SETTINGS)
-    serving = copy.copy(datamodule)
+def run_lmvision(encoder0: nn.Module, head0: nn.Module, dm: ImageDataModule,
+                 batches: list[dict], seed: int) -> Run:
+    """The real strategy and net under a Trainer, with the real datamodule (its
+    ``transfer_batch_to_device`` runs every step) serving the prebuilt batches."""
+    run = Run(seed)
+    net = ImageClassifier(copy.deepcopy(encoder0), lambda in_dim, out_dim: copy.deepcopy(head0),
+                          dm.num_classes)
+    # decay_all: every parameter decayed by 0.01, as torch.optim.AdamW(params, lr) does
+    optimizer = AdamW(lr=LEARNING_RATE, weight_decay=0.01, decay_all=True)
+    model = ClassificationStrategy(net, dm.num_classes, task="multiclass", optimizer=optimizer,
+                                   scheduler=None)
+    trainer = pl.Trainer(max_steps=len(batches), max_epochs=1, callbacks=[run], **TRAINER_SETTINGS)
+    serving = copy.copy(dm)
     serving.train_dataloader = lambda: make_loader(batches)
     trainer.fit(model, datamodule=serving)
-    record.stop()
-    if len(record.ends) != len(batches):
-        raise RuntimeError(f"lmvision ran {len(record.ends)} steps, expected {len(batches)}")
-    return record
+    if len(run.ends) != len(batches):
+        raise RuntimeError(f"lmvision ran {len(run.ends)} steps, expected {len(batches)}")
+    return run.stop()
 
 
-def run_plain(encoder0: nn.Module, head0: nn.Module, batches: list[dict], seed: int) -> RunRecord:
-    """Train the same encoder + head with a hand-written loop over ``batches``."""
-    record = RunRecord("plain")
-    pl.seed_everything(seed, verbose=False)
-    gc.collect()
-    record.start()
-    model = nn.Sequential(copy.deepcopy(encoder0), copy.deepcopy(head0))  # head(encoder(x))
-    model.train()
-    optimizer = _optimizer()([p for p in model.parameters() if p.requires_grad])
+def run_plain(encoder0: nn.Module, head0: nn.Module, batches: list[dict], seed: int) -> Run:
+    """The same encoder + head trained by a hand-written loop."""
+    run = Run(seed)
+    model = nn.Sequential(copy.deepcopy(encoder0), copy.deepcopy(head0)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     for batch in make_loader(batches):
-        logits = model(batch["image"])
-        loss = F.cross_entropy(logits, batch["label"])
+        loss = nn.functional.cross_entropy(model(batch["image"]), batch["label"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        record.ends.append(time.perf_counter())
-        record.cpu_ends.append(time.thread_time())
-        record.losses.append(loss.detach())
-    record.stop()
-    return record
-
-
-# ------------------------------------------------------------------------------------------
-# Study
-# ------------------------------------------------------------------------------------------
-LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric")
-
-
-def quiet_lightning() -> None:
-    """Silence Lightning's start-up messages and the warnings this set-up triggers on purpose."""
-    for name in LIGHTNING_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for message in (".*does not have many workers.*", ".*validation_step.*", ".*LeafSpec.*"):
-        warnings.filterwarnings("ignore", message=message)
-
-
-def _nproc() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def machine_line(threads: int) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (f"machine: nproc={_nproc()} ({cpu}), {platform.system()} {platform.machine()}; "
-            f"torch.set_num_threads({threads})")
-
-
-def _ms(values: list[float]) -> float:
-    return statistics.median(values) * 1e3
-
-
-def _pct_ms(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(p * (len(s) - 1) + 0.5))] * 1e3
+        run.step_done(loss)
+    return run.stop()
 
 
 def bootstrap_ratio(lmvision: list[list[float]], plain: list[list[float]], seed: int,
                     resamples: int = 2000) -> tuple[float, float]:
-    """95% percentile interval of the ratio of pooled medians, resampling whole repeats.
-
-    Repeats are the independent units (steps within a run are correlated), and a repeat's
-    two runs stay paired, so slow phases of the machine are resampled with both sides.
-    """
-    rng = random.Random(seed)
-    n = len(plain)
-    ratios = []
+    """95% percentile interval of the ratio of pooled medians, resampling whole repeats (the
+    independent units; a repeat's two runs stay paired, so slow phases hit both sides)."""
+    rng, n, ratios = random.Random(seed), len(plain), []
     for _ in range(resamples):
         pick = [rng.randrange(n) for _ in range(n)]
-        lm = [t for i in pick for t in lmvision[i]]
-        pt = [t for i in pick for t in plain[i]]
-        ratios.append(statistics.median(lm) / statistics.median(pt))
+        ratios.append(statistics.median([t for i in pick for t in lmvision[i]])
+                      / statistics.median([t for i in pick for t in plain[i]]))
     ratios.sort()
     return ratios[int(0.025 * (resamples - 1))], ratios[int(0.975 * (resamples - 1))]
 
 
-def study(args: argparse.Namespace) -> tuple[list[str], dict]:
-    """Run the interleaved repeats; return the report lines and a summary dict."""
-    batches, datamodule = build_batches(args.num_images, args.batch_size, args.steps, args.seed)
+def measure(args: argparse.Namespace) -> dict[str, list[Run]]:
+    """The interleaved repeats: the kept runs of each side, and the load of discarded repeats."""
+    batches, dm = build_batches(args)
     pl.seed_everything(args.seed, verbose=False)
     encoder0 = SmallCNN(in_channels=3)
-    head0 = LinearHead(in_dim=encoder0.out_dim, out_dim=datamodule.num_classes)
-
-    sides = ("lmvision", "plain")
-    wall = {s: [] for s in sides}  # per-step wall-clock seconds, all repeats
-    cpu = {s: [] for s in sides}  # per-step main-thread CPU seconds, all repeats
-    run_wall = {s: [] for s in sides}
-    losses = {s: [] for s in sides}
-    per_repeat = {s: [] for s in sides}  # timed step lists of each repeat, for the bootstrap
-    other_cores, repeat_ratios, repeat_diffs = [], [], []
-    discarded: list[float] = []  # other-process load of each repeat run again
-    started = time.perf_counter()
-    r = 0
-    while r < args.repeats:
-        order = sides if r % 2 == 0 else sides[::-1]
-        recs = {}
-        for side in order:
-            if side == "lmvision":
-                recs[side] = run_lmvision(encoder0, head0, datamodule, batches, args.seed)
-            else:
-                recs[side] = run_plain(encoder0, head0, batches, args.seed)
-        busy_now = max(rec.other_cores for rec in recs.values())
-        if busy_now > args.max_other_cores and len(discarded) < args.max_discards:
-            discarded.append(busy_now)
-            print(f"  repeat {r + 1:>2}/{args.repeats}: other processes used {busy_now:.2f} cores "
+    head0 = LinearHead(in_dim=encoder0.out_dim, out_dim=dm.num_classes)
+    kept: dict[str, list[Run]] = {s: [] for s in SIDES}
+    discarded: list[float] = []
+    while len(kept["plain"]) < args.repeats:
+        r = len(kept["plain"])
+        order = SIDES if r % 2 == 0 else SIDES[::-1]
+        runs = {s: run_lmvision(encoder0, head0, dm, batches, args.seed) if s == "lmvision"
+                else run_plain(encoder0, head0, batches, args.seed) for s in order}
+        busy = max(run.other_cores for run in runs.values())
+        if busy > args.max_other_cores and len(discarded) < args.max_discards:
+            discarded.append(busy)
+            print(f"  repeat {r + 1:>2}/{args.repeats}: other processes used {busy:.2f} cores "
                   f"(> --max-other-cores={args.max_other_cores}); running it again", flush=True)
             continue
-        r += 1
-        for side, rec in recs.items():
-            wall[side] += rec.step_times(args.warmup)
-            per_repeat[side].append(rec.step_times(args.warmup))
-            cpu[side] += rec.cpu_times(args.warmup)
-            run_wall[side].append(rec.wall_s)
-            losses[side].append(rec.loss_values())
-            other_cores.append(rec.other_cores)
-        ms = {s: _ms(recs[s].step_times(args.warmup)) for s in sides}
-        repeat_ratios.append(ms["lmvision"] / ms["plain"])
-        repeat_diffs.append((losses["lmvision"][-1] - losses["plain"][-1]).abs().max().item())
-        print(f"  repeat {r:>2}/{args.repeats} ({order[0]} first): lmvision "
-              f"{ms['lmvision']:.2f} ms, plain {ms['plain']:.2f} ms, ratio {repeat_ratios[-1]:.4f}, "
-              f"max |dloss| {repeat_diffs[-1]:.3g}, other processes "
-              f"{max(recs['lmvision'].other_cores, recs['plain'].other_cores):.2f} cores", flush=True)
-    elapsed = time.perf_counter() - started
+        for s in SIDES:
+            kept[s].append(runs[s])
+        ms = {s: statistics.median(runs[s].step_times(args.warmup)) * 1e3 for s in SIDES}
+        pairs = zip(runs["lmvision"].losses, runs["plain"].losses)
+        diff = max((a - b).abs().item() for a, b in pairs)
+        print(f"  repeat {r + 1:>2}/{args.repeats} ({order[0]} first): lmvision "
+              f"{ms['lmvision']:.2f} ms, plain {ms['plain']:.2f} ms, ratio "
+              f"{ms['lmvision'] / ms['plain']:.4f}, max |dloss| {diff:.3g}, "
+              f"other processes {busy:.2f} cores", flush=True)
+    return {**kept, "discarded": discarded}
 
-    med = {s: _ms(wall[s]) for s in sides}
-    ratio = med["lmvision"] / med["plain"]
-    cpu_ratio = _ms(cpu["lmvision"]) / _ms(cpu["plain"])
-    ci_low, ci_high = bootstrap_ratio(per_repeat["lmvision"], per_repeat["plain"], args.seed)
-    loss_diff = max(repeat_diffs)
-    # each side must also reproduce itself exactly from repeat to repeat
-    drift = {s: max((v - losses[s][0]).abs().max().item() for v in losses[s]) for s in sides}
-    busy = [c for c in other_cores if not math.isnan(c)]
+
+def summarise(args: argparse.Namespace, runs: dict, elapsed: float) -> tuple[list[str], dict]:
+    """The report lines and the JSON summary of the kept runs."""
+    def ms(values) -> float:
+        return statistics.median(values) * 1e3
+
+    per_repeat = {s: [run.step_times(args.warmup) for run in runs[s]] for s in SIDES}
+    wall = {s: [t for steps in per_repeat[s] for t in steps] for s in SIDES}
+    cpu = {s: [t for run in runs[s] for t in run.step_times(args.warmup, cpu=True)] for s in SIDES}
+    losses = {s: [torch.stack(run.losses).double() for run in runs[s]] for s in SIDES}
+    med = {s: ms(wall[s]) for s in SIDES}
+    ratio, cpu_ratio = med["lmvision"] / med["plain"], ms(cpu["lmvision"]) / ms(cpu["plain"])
+    repeat_ratios = [ms(a) / ms(b) for a, b in zip(per_repeat["lmvision"], per_repeat["plain"])]
+    low, high = bootstrap_ratio(per_repeat["lmvision"], per_repeat["plain"], args.seed)
+    loss_diff = max((a - b).abs().max().item() for a, b in zip(*losses.values()))
+    drift = {s: max((v - losses[s][0]).abs().max().item() for v in losses[s]) for s in SIDES}
+    busy = [run.other_cores for s in SIDES for run in runs[s] if not math.isnan(run.other_cores)]
     busy_median = statistics.median(busy) if busy else math.nan
-    ratio_ok = ratio <= RATIO_TARGET
-    loss_ok = loss_diff <= LOSS_TOLERANCE
-    timing_checked = not args.quick
-    threads = torch.get_num_threads()
-
+    ratio_ok, loss_ok, threads = ratio <= RATIO_TARGET, loss_diff <= LOSS_TOLERANCE, args.threads
     lines = [
-        f"date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"versions: python {platform.python_version()}, torch {torch.__version__}, "
-        f"pytorch_lightning {pl.__version__}, torchmetrics {torchmetrics.__version__}",
-        machine_line(threads),
-        f"settings: repeats={args.repeats} steps={args.steps} warmup={args.warmup} "
-        f"batch_size={args.batch_size} num_images={args.num_images} seed={args.seed}"
-        + (" (--quick)" if args.quick else ""),
-        f"timed steps per side: {len(wall['plain'])} "
-        f"({args.repeats} repeats x {args.steps - 1 - args.warmup})",
-        f"other processes during the kept runs: {busy_median:.2f} CPU cores busy "
-        f"(median over runs; max {max(busy, default=math.nan):.2f}); repeats run again "
-        f"because of them: {len(discarded)}",
+        studies.environment_line(),
+        f"settings: repeats={args.repeats} steps={args.steps} warmup={args.warmup} batch_size="
+        f"{args.batch_size} num_images={args.num_images} seed={args.seed} threads={threads}"
+        f"{' (--quick)' if args.quick else ''}; timed steps per side: {len(wall['plain'])}",
+        f"other processes during the kept runs: {busy_median:.2f} CPU cores busy (median over "
+        f"runs; max {max(busy, default=math.nan):.2f}); repeats run again because of them: "
+        f"{len(runs['discarded'])}",
         "",
-        "           wall-clock per step (ms)          run wall   main-thread CPU",
-        "side         median      p10      p90         (s)     per step (ms)",
-    ]
-    for s in sides:
-        lines.append(f"{s:<9} {med[s]:>9.2f} {_pct_ms(wall[s], 0.1):>8.2f} "
-                     f"{_pct_ms(wall[s], 0.9):>8.2f} {statistics.median(run_wall[s]):>11.2f} "
-                     f"{_ms(cpu[s]):>17.2f}")
-    lines += [
+        "side      median step (ms)   run wall (s)   main-thread CPU per step (ms)",
+        *[f"{s:<9} {med[s]:>16.2f} {statistics.median(r.wall_s for r in runs[s]):>14.2f} "
+          f"{ms(cpu[s]):>31.2f}" for s in SIDES],
         "",
         f"median step-time ratio lmvision/plain: {ratio:.4f} "
         f"({med['lmvision'] - med['plain']:+.2f} ms per step)",
-        f"95% interval of that ratio (bootstrap over repeats): {ci_low:.4f} .. {ci_high:.4f}",
+        f"95% interval of that ratio (bootstrap over repeats): {low:.4f} .. {high:.4f}",
         f"per-repeat ratios: min {min(repeat_ratios):.4f}, median "
         f"{statistics.median(repeat_ratios):.4f}, max {max(repeat_ratios):.4f}",
         f"same ratio on main-thread CPU time: {cpu_ratio:.4f}"
         + ("" if threads == 1 else f" (misses {threads - 1} intra-op thread(s): indicative only)"),
         f"max |loss_lmvision - loss_plain| over {args.repeats} x {args.steps} steps: "
         f"{loss_diff:.3g}" + (" (bit-identical)" if loss_diff == 0 else ""),
-        f"repeat-to-repeat loss drift: lmvision {drift['lmvision']:.3g}, plain {drift['plain']:.3g}",
-        f"training loss (repeat 1): {losses['plain'][0][0].item():.4f} at step 1 -> "
-        f"{losses['plain'][0][-1].item():.4f} at step {args.steps}",
+        f"repeat-to-repeat loss drift: lmvision {drift['lmvision']:.3g}, "
+        f"plain {drift['plain']:.3g}",
         "",
+        *([f"WARNING: other processes kept {busy_median:.2f} cores busy; wall-clock times are "
+           "noisy, compare the CPU-time ratio"] if busy_median > BUSY_WARNING else []),
+        f"timing: NOT CHECKED with --quick (ratio {ratio:.4f}; target {RATIO_TARGET})"
+        if args.quick else f"timing: {'PASS' if ratio_ok else 'FAIL'} (ratio {ratio:.4f} "
+        f"{'<=' if ratio_ok else '>'} {RATIO_TARGET})",
+        f"losses: {'PASS' if loss_ok else 'FAIL'} (max diff {loss_diff:.3g} "
+        f"{'<=' if loss_ok else '>'} {LOSS_TOLERANCE:g})",
+        f"study time: {elapsed:.0f} s",
     ]
-    if busy_median > BUSY_WARNING:
-        lines.append(f"WARNING: other processes kept {busy_median:.2f} cores busy; wall-clock "
-                     "times are noisy, compare the CPU-time ratio")
-    if timing_checked:
-        lines.append(f"timing: {'PASS' if ratio_ok else 'FAIL'} "
-                     f"(ratio {ratio:.4f} {'<=' if ratio_ok else '>'} {RATIO_TARGET})")
-    else:
-        lines.append(f"timing: NOT CHECKED with --quick (ratio {ratio:.4f}; target {RATIO_TARGET})")
-    lines.append(f"losses: {'PASS' if loss_ok else 'FAIL'} "
-                 f"(max diff {loss_diff:.3g} {'<=' if loss_ok else '>'} {LOSS_TOLERANCE:g})")
-    lines.append(f"study time: {elapsed:.0f} s")
     summary = {
-        "median_step_ms": med,
-        "median_cpu_step_ms": {s: _ms(cpu[s]) for s in sides},
-        "ratio": ratio,
-        "ratio_95_interval": [ci_low, ci_high],
-        "cpu_ratio": cpu_ratio,
-        "per_repeat_ratio": repeat_ratios,
-        "max_loss_diff": loss_diff,
-        "loss_drift": drift,
-        "other_cores_median": busy_median,
-        "timing_checked": timing_checked,
-        "timing_pass": ratio_ok,
-        "loss_pass": loss_ok,
-        "pass": loss_ok and (ratio_ok or not timing_checked),
-        "step_times_s": wall,
-        "cpu_step_times_s": cpu,
-        "threads": threads,
-        "discarded_repeats_other_cores": discarded,
+        "median_step_ms": med, "median_cpu_step_ms": {s: ms(cpu[s]) for s in SIDES},
+        "ratio": ratio, "ratio_95_interval": [low, high], "cpu_ratio": cpu_ratio,
+        "per_repeat_ratio": repeat_ratios, "max_loss_diff": loss_diff, "loss_drift": drift,
+        "other_cores_median": busy_median, "timing_checked": not args.quick,
+        "timing_pass": ratio_ok, "loss_pass": loss_ok, "pass": loss_ok and (ratio_ok or args.quick),
+        "step_times_s": wall, "cpu_step_times_s": cpu, "threads": threads,
+        "discarded_repeats_other_cores": runs["discarded"],
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
     return lines, summary
-
-
-def write_readme(lines: list[str], command: str) -> None:
-    """Replace the text between the results markers of README.md with this run's report."""
-    text = README.read_text()
-    if RESULTS_START not in text or RESULTS_END not in text:
-        raise SystemExit(f"{README} has no {RESULTS_START} ... {RESULTS_END} section")
-    head, rest = text.split(RESULTS_START, 1)
-    _, tail = rest.split(RESULTS_END, 1)
-    block = "\n".join([
-        RESULTS_START,
-        "<!-- written by `run.py --write-readme`; edits here are overwritten -->",
-        f"Command: `{command}`",
-        "",
-        "```text",
-        *lines,
-        "```",
-        RESULTS_END,
-    ])
-    README.write_text(head + block + tail)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -471,12 +285,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=128, help="as in conf/data/shapes.yaml")
     p.add_argument("--num-images", type=int, default=6000, help="shapes rendered")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads for both sides (default: torch's own default, "
-                        "what `python -m lmvision.train` runs with)")
-    p.add_argument("--max-other-cores", type=float, default=0.25,
-                   help="run a repeat again when other processes kept more CPU cores than this "
-                        "busy during it (at most --repeats times in all)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for both "
+                   "sides (default: torch's default, what `python -m lmvision.train` runs with)")
+    p.add_argument("--max-other-cores", type=float, default=0.25, help="run a repeat again when "
+                   "other processes kept more cores than this busy (at most --repeats times)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run (2 repeats, 30 steps, 1500 images); checks losses, not timing")
     p.add_argument("--write-readme", action="store_true",
@@ -497,30 +309,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # process-wide settings changed here are put back afterwards (main may be called in-process)
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)  # what Trainer(deterministic=True) sets, for both
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # Lightning's start-up messages
+    for message in (".*does not have many workers.*", ".*validation_step.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", message=message)  # triggered on purpose here
     print(f"overhead study: {args.repeats} repeats x {args.steps} steps, batch {args.batch_size}, "
           f"{args.threads} thread(s)", flush=True)
-    try:
-        with warnings.catch_warnings():
-            quiet_lightning()
-            lines, summary = study(args)
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-    print()
-    print("\n".join(lines))
+    started = time.perf_counter()
+    runs = measure(args)
+    lines, summary = summarise(args, runs, time.perf_counter() - started)
+    report = "\n".join(lines)
+    print(f"\n{report}")
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=1))
+        write_json(args.json, summary)
     if args.write_readme:
-        given = argv if argv is not None else sys.argv[1:]
-        write_readme(lines, " ".join(["python experiments/overhead/run.py", *given]))
-        print(f"wrote the results section of {README}")
+        given = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python experiments/overhead/run.py", *given])
+        studies.write_results(HERE / "README.md", f"Command: `{command}`\n\n```text\n{report}\n```")
+        print(f"wrote the results section of {HERE / 'README.md'}")
     return 0 if summary["pass"] else 1
 
 

@@ -1,7 +1,7 @@
 """What the classification strategies share, on top of :class:`Strategy`: labels, the loss by
 task, accuracy and macro P/R/F1 per split, the confusion matrix and a grid of test predictions.
-A classifier says how a batch becomes logits (``logits(batch)``); see ``image_classifier.py``
-and ``fusion.py``.
+The image-only baseline (``strategy=image_classifier``) is this class with an
+``ImageClassifier`` network; ``fusion.py`` adds what fusion needs on top.
 """
 
 from __future__ import annotations
