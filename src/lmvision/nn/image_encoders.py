@@ -38,11 +38,16 @@ class SmallCNN(nn.Module):
         self.out_dim = out_dim
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        fmap = self.body(images)  # (B, D, h, w)
+        fmap = self._body(images)  # (B, D, h, w)
         return fmap.flatten(2).transpose(1, 2)  # (B, h*w, D)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(images).mean(dim=(2, 3))  # (B, D)
+        return self._body(images).mean(dim=(2, 3))  # (B, D)
+
+    def _body(self, images: torch.Tensor) -> torch.Tensor:
+        # channels-last input picks the faster convolution kernels: about 1.3x per training
+        # step on the 2-core CPUs here (experiments/foundation), and on GPUs with mixed precision
+        return self.body(images.contiguous(memory_format=torch.channels_last))
 
 
 class TorchvisionEncoder(nn.Module):
