@@ -13,6 +13,8 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from lmvision.runs import global_rank
+
 from lmvision.errors import UserError
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -70,14 +72,13 @@ def wandb_logger(
         init_timeout: Seconds to wait for the W&B service before giving up.
     """
     import wandb
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
     from pytorch_lightning.loggers import WandbLogger
 
     if os.environ.get("WANDB_MODE", None) == "":
         del os.environ["WANDB_MODE"]  # wandb rejects an empty mode; empty means "not set"
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    if mode == "offline" and rank_zero_only.rank == 0:
+    if mode == "offline" and global_rank() == 0:
         print(
             "W&B is offline (no credentials found); to upload this run later: "
             f"wandb sync {Path(save_dir).resolve() / 'wandb' / 'latest-run'}",

@@ -115,7 +115,7 @@ class TorchvisionEncoder(nn.Module):
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
         x = self._rgb(images)
         if self._vit:
-            x = self.model._process_input(x)  # (B, N, D)
+            x = self.model.conv_proj(x).flatten(2).transpose(1, 2)  # patches: (B, N, D)
             cls = self.model.class_token.expand(x.shape[0], -1, -1)
             return self.model.encoder(torch.cat([cls, x], dim=1))  # (B, 1+N, D)
         fmap = self.model(x)  # (B, D, h, w)
