@@ -40,7 +40,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
     from lmvision.validate import check_config
 
     out = build.run_dir(cfg)
-    if runs.global_rank() == 0:
+    if runs.is_rank_zero():
         runs.claim_run_dir(out, "eval", None)
     overrides = overrides if overrides is not None else _command_line_overrides()
     record = runs.RunRecord(out, cfg.get("seed"), "eval", build.group_choices())

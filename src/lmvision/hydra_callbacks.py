@@ -21,12 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmvision.cli import exit_with_error
 from lmvision.errors import UserError
-from lmvision.runs import claim_run_dir, global_rank
+from lmvision.runs import claim_run_dir, is_rank_zero
 
 
 class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if global_rank() != 0:  # DDP workers share rank 0's directory
+        if not is_rank_zero():  # DDP workers share rank 0's directory
             return
         run_dir = Path(str(config.hydra.run.dir))
         try:

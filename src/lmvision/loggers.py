@@ -13,9 +13,8 @@ from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-from lmvision.runs import global_rank
-
 from lmvision.errors import UserError
+from lmvision.runs import is_rank_zero
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -78,7 +77,7 @@ def wandb_logger(
         del os.environ["WANDB_MODE"]  # wandb rejects an empty mode; empty means "not set"
     mode = resolve_wandb_mode(mode)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
-    if mode == "offline" and global_rank() == 0:
+    if mode == "offline" and is_rank_zero():
         print(
             "W&B is offline (no credentials found); to upload this run later: "
             f"wandb sync {Path(save_dir).resolve() / 'wandb' / 'latest-run'}",

@@ -30,15 +30,15 @@ from lmvision.files import write_json
 
 PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
             "hydra-core", "omegaconf", "wandb", "numpy", "scikit-learn", "timm")
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+# What launchers (Lightning, torchrun, SLURM, jsrun) set to tell a process where it runs.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID",
+                  "JSM_NAMESPACE_RANK")
 
 
-def global_rank() -> int:
-    """This process's rank as launchers announce it (0 without a launcher); no torch needed."""
-    for name in RANK_VARIABLES:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
+def is_rank_zero() -> bool:
+    """Whether this is the process of global rank 0 (or the only one), from the variables
+    launchers set, so it is known before torch.distributed starts (and without torch)."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None) -> bool:
@@ -139,7 +139,7 @@ class RunRecord:
     def __init__(self, run_dir: Path, seed: int | None, job_type: str,
                  choices: dict[str, str] | None = None, resumed_from: str | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.enabled = global_rank() == 0
+        self.enabled = is_rank_zero()
         self.started = time.time()
         earlier = self._earlier() if resumed_from else {}
         self.info: dict[str, Any] = {

@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     out = build.run_dir(cfg)
     ckpt_path = cfg.get("ckpt_path")
-    resuming = runs.global_rank() == 0 and runs.claim_run_dir(out, "train", ckpt_path)
+    resuming = runs.is_rank_zero() and runs.claim_run_dir(out, "train", ckpt_path)
     choices = build.group_choices()
     record = runs.RunRecord(out, cfg.get("seed"), "train", choices,
                             resumed_from=ckpt_path if resuming else None)
