@@ -198,7 +198,7 @@ def test_only_classification_configs_and_code_name_val_acc():
     assert configs == {"strategy/image_classifier.yaml", "strategy/fusion.yaml"}
     src = ROOT / "src" / "lmvision"
     code = {str(p.relative_to(src)) for p in src.rglob("*.py") if "val/acc" in p.read_text()}
-    assert code == {"strategies/classification.py"}
+    assert code == {"strategies/classification.py", "strategies/fusion.py"}  # the classifiers
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))
@@ -208,9 +208,14 @@ def test_optimizer_and_scheduler_groups_build(make_cfg, optimizer, scheduler):
 
     cfg = make_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}")
     built = instantiate(cfg.strategy.optimizer).build(torch.nn.Linear(3, 2))
+    assert type(built).__name__ == {"adamw": "AdamW", "sgd": "SGD"}[optimizer]
     assert built.param_groups[0]["lr"] == cfg.optimizer.lr
     if scheduler == "none":
         assert cfg.strategy.scheduler is None
+        return
+    schedule = instantiate(cfg.strategy.scheduler).build(built, total_steps=100)
+    first = schedule.get_last_lr()[0]
+    if scheduler == "warmup_cosine":  # warm-up: the first step is a small share of the peak
+        assert first == pytest.approx(cfg.optimizer.lr / 5)  # 5 warm-up steps of 100
     else:
-        schedule = instantiate(cfg.strategy.scheduler).build(built, total_steps=10)
-        assert schedule.get_last_lr()[0] <= cfg.optimizer.lr
+        assert first == cfg.optimizer.lr

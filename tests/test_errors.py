@@ -70,6 +70,10 @@ def test_config_mistakes_are_one_line(tmp_path, arg, message):
     (["train=false"], "train=false tests a checkpoint: give ckpt_path"),
     (["init_from=/nonexistent.ckpt"], "init_from=/nonexistent.ckpt: no such checkpoint file"),
     (["+backbone.depth=3"], "backbone.depth: no such option of lmvision.nn.image_encoders.SmallCNN"),
+    (["experiment=fusion_shapes", "+strategy.foo=1"],
+     "strategy.foo: no such option of lmvision.strategies.fusion.FusionStrategy"),
+    (["stop_after_epochs=0"], "stop_after_epochs=0: expected a whole number of epochs, at least 1"),
+    (["init_from_prefix=image_encoder"], "init_from_prefix names a part of the weights of init_from"),
 ])
 def test_bad_values_are_user_errors_and_recorded(make_cfg, tmp_path, args, message):
     from lmvision.errors import UserError
@@ -92,18 +96,21 @@ def test_bad_checkpoints_are_user_errors(make_cfg, tmp_path, checkpoints):
     from lmvision.errors import UserError
     from lmvision.train import train
 
-    empty = tmp_path / "empty.ckpt"
+    # checkpoints passed around on their own (outside their run's directory)
+    empty, truncated, image, fusion = (tmp_path / f"{n}.ckpt" for n in ("empty", "truncated",
+                                                                        "image", "fusion"))
     empty.write_bytes(b"")
-    truncated = tmp_path / "truncated.ckpt"
     data = checkpoints["image"].read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
+    image.write_bytes(data)
+    fusion.write_bytes(checkpoints["fusion"].read_bytes())
     cases = [
         ([f"ckpt_path={empty}"], f"ckpt_path={empty}: the file is empty, not a checkpoint"),
         ([f"ckpt_path={truncated}"], f"ckpt_path={truncated}: not a readable checkpoint"),
-        ([f"ckpt_path={checkpoints['fusion']}"],
+        ([f"ckpt_path={fusion}"],
          "a checkpoint of strategy 'fusion', but this run's strategy is 'image_classifier'; "
          "add strategy=fusion"),
-        ([f"ckpt_path={checkpoints['image']}", "backbone=resnet18"], "its weights do not fit this model"),
+        ([f"ckpt_path={image}", "backbone=resnet18"], "its weights do not fit this model"),
         ([f"init_from={truncated}"], f"init_from={truncated}: not a readable checkpoint"),
         ([f"init_from={checkpoints['image']}", "init_from_prefix=text_encoder"],
          "init_from_prefix='text_encoder': this network has no such sub-module"),
@@ -116,6 +123,21 @@ def test_bad_checkpoints_are_user_errors(make_cfg, tmp_path, checkpoints):
                           "not a readable checkpoint")
     result = run_train([f"ckpt_path={truncated}"], tmp_path / "eval", module="lmvision.evaluate")
     assert_one_line_error(result, "not a readable checkpoint")
+
+
+def test_a_resume_continues_its_own_run_only(make_cfg, tmp_path, checkpoints):
+    """Resuming elsewhere would fork a run's record, best checkpoint and W&B run: refused, in
+    one line, before Hydra writes anything (init_from is the way to start a new run)."""
+    from lmvision.errors import UserError
+    from lmvision.train import train
+
+    elsewhere = tmp_path / "elsewhere"
+    message = f"ckpt_path={checkpoints['image']}: a resume continues its run, in " \
+              f"{checkpoints['image'].parent.parent}"
+    assert_one_line_error(run_train([f"ckpt_path={checkpoints['image']}", *TINY], elsewhere), message)
+    assert not elsewhere.exists()
+    with pytest.raises(UserError, match="init_from="):
+        train(make_cfg(f"ckpt_path={checkpoints['image']}", *TINY, output_dir=elsewhere))
 
 
 def test_a_bug_keeps_its_traceback(tmp_path):

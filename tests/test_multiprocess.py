@@ -49,6 +49,12 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path):
     assert "job 1: failed" in summary[2] and "leaves nothing to train on" in summary[2]
     assert "data.val_fraction=0.2" in summary[3] and "val/acc_best=" in summary[3]
     assert "lmvision: error: data.val_fraction + data.test_fraction" in result.stderr
+    # the same command again would write over those runs: refused before any job starts
+    again = run_cli(["-m", "lmvision.train", "-m", "data.val_fraction=0.1,0.95,0.2", *TINY,
+                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=300)
+    assert again.returncode == 2 and "already holds the runs of a sweep" in again.stderr
+    assert [read(sweep / str(i) / "run.json")["status"] for i in range(3)] == \
+        ["completed", "failed", "completed"]
 
 
 def check_compare_notebook(runs_dir):

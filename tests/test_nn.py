@@ -61,19 +61,29 @@ def test_heads(head):
     assert out.shape == (3, 5)
 
 
-@pytest.mark.parametrize("mode,dropout", [("fused", 0.5), ("fused", 0.0), ("image_only", 0.0),
-                                          ("text_only", 0.0)])
-def test_every_parameter_of_a_fusion_network_gets_a_gradient(mode, dropout):
+@pytest.mark.parametrize("mode,dropout,text,fusion", [
+    ("fused", 0.5, "scratch", "concat"), ("fused", 0.0, "scratch", "cross_attention"),
+    ("image_only", 0.0, "scratch", "concat"), ("text_only", 0.0, "scratch", "concat"),
+    ("fused", 0.3, "pretrained", "gated"),  # MiniLM trained (freeze=none): its pooler is unused
+])
+def test_every_parameter_of_a_fusion_network_gets_a_gradient(mode, dropout, text, fusion):
     """DDP (find_unused_parameters=False) stops on a parameter that a step does not use."""
+    from lmvision.nn import fusions
     from lmvision.nn.classifiers import FusionClassifier
-    from lmvision.nn.fusions import ConcatFusion
-    from lmvision.nn.text_encoders import scratch_bert
-    from lmvision.text.tokenizers import WordPieceTokenizer
+    from lmvision.nn.text_encoders import pretrained, scratch_bert
+    from lmvision.text.hub import minilm_path
+    from lmvision.text.tokenizers import PretrainedTokenizer, WordPieceTokenizer
 
-    tokenizer = WordPieceTokenizer(vocab_size=60)(["a red circle", "a blue cross or a square"])
-    net = FusionClassifier(SmallCNN(widths=(8,), out_dim=8),
-                           scratch_bert(tokenizer, dim=16, depth=1, heads=2, intermediate_size=16),
-                           ConcatFusion, LinearHead, num_classes=3, mode=mode, modality_dropout=dropout)
+    if text == "scratch":
+        tokenizer = WordPieceTokenizer(vocab_size=60)(["a red circle", "a blue cross or a square"])
+        encoder = scratch_bert(tokenizer, dim=16, depth=1, heads=2, intermediate_size=16)
+    else:
+        tokenizer = PretrainedTokenizer(minilm_path())()
+        encoder = pretrained(tokenizer, minilm_path(), freeze="none")
+    fusion_class = {"concat": fusions.ConcatFusion, "gated": fusions.GatedFusion,
+                    "cross_attention": fusions.CrossAttentionFusion}[fusion]
+    net = FusionClassifier(SmallCNN(widths=(8,), out_dim=8), encoder, fusion_class, LinearHead,
+                           num_classes=3, mode=mode, modality_dropout=dropout)
     enc = tokenizer(["a red circle", "a blue cross"], padding=True, return_tensors="pt")
     logits = net({"image": torch.randn(2, 3, 16, 16), "text_ids": enc["input_ids"],
                   "text_mask": enc["attention_mask"]})

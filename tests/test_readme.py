@@ -55,7 +55,9 @@ def test_readme_command_runs(command, trained_run, tmp_path):
         args += ["--cfg", "job"]
     else:
         args.append("debug=fdr")
-        if not any(w.startswith("hydra.run.dir=") for w in words):
+        resume = any(w.startswith("ckpt_path=") for w in words) and "train=false" not in words \
+            and words[0].endswith("lmvision-train")
+        if not resume:  # a resume continues in its run's directory
             args += [f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     result = run_cli(args, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, f"{sys.executable} {' '.join(args)}\n{result.stderr[-3000:]}"

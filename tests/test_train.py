@@ -111,8 +111,9 @@ def test_resume_in_place_equals_an_uninterrupted_run(make_cfg, tmp_path, setup):
     args = [*RESUMABLE[setup], "trainer.max_epochs=4"]
     straight = train(make_cfg(*args, output_dir=tmp_path / "a"))
     run = tmp_path / "b"
-    train(make_cfg(*args, "stop_after_epochs=2", output_dir=run))
+    first_job = train(make_cfg(*args, "stop_after_epochs=2", output_dir=run))
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert read(run / "run.json")["status"] == "stopped" and "test/acc" not in first_job
     last = run / "checkpoints" / "last.ckpt"
     resumed = train(make_cfg(*args, f"ckpt_path={last}", output_dir=run))
 
@@ -167,11 +168,13 @@ def test_train_false_tests_a_checkpoint(make_cfg, tmp_path):
 
 def test_init_from_loads_network_weights_only(make_cfg, tmp_path):
     """A fusion run starts its image encoder from an image_classifier run (not its optimiser)."""
-    train(make_cfg(*TINY, "debug=limit", output_dir=tmp_path / "a"))
+    train(make_cfg(*TINY, "debug=limit", "trainer.max_epochs=2", output_dir=tmp_path / "a"))
     source = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    cfg = make_cfg(*TINY, "experiment=fusion_shapes", "debug=limit", f"init_from={source}", "init_from_prefix=image_encoder",
-                   output_dir=tmp_path / "f")
-    train(cfg)
+    train(make_cfg(*TINY, "experiment=fusion_shapes", "debug=limit", f"init_from={source}",
+                   "init_from_prefix=image_encoder", output_dir=tmp_path / "f"))
+    started = torch.load(tmp_path / "f" / "checkpoints" / "last.ckpt", weights_only=False)
+    # a new run: its one epoch of 2 steps, not the source's 2 epochs and 4 steps
+    assert (started["epoch"], started["global_step"]) == (0, 2)
     record = read(tmp_path / "f" / "run.json")["init_from"]
     assert record["checkpoint"] == str(source.resolve()) and record["prefix"] == "image_encoder"
     assert record["loaded"] > 0 and not record["missing"] and not record["unused"]
@@ -192,8 +195,7 @@ def test_init_from_copies_the_weights(tmp_path):
         return ImageClassifier(SmallCNN(widths=(8,), out_dim=8), LinearHead, num_classes=3)
 
     source = net()
-    checkpoint = {"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()},
-                  "optimizer_states": [{"state": "must not be read"}]}
+    checkpoint = {"state_dict": {f"net.{k}": v for k, v in source.state_dict().items()}}
     target = net()
     report = load_weights(target, checkpoint, "source.ckpt", prefix="image_encoder")
     for key, value in source.image_encoder.state_dict().items():

@@ -16,8 +16,8 @@ class RunState(Callback):
     """Stores the run's config, group choices, tokenizer and random states in every checkpoint.
 
     * The config and choices let ``lmvision-eval ckpt_path=...`` rebuild the same data and model.
-    * The tokenizer is stored because one trained on the split (``text_encoder=scratch``) cannot
-      be learned again identically: WordPiece training breaks ties differently from run to run.
+    * The tokenizer is stored so that a resumed or evaluated run encodes text exactly as the
+      training did, whatever the text encoder config says by then.
     * The random number generators (Python, NumPy, torch, CUDA) are saved with the checkpoint
       and restored on resume, so that dropout, augmentation and modality dropout draw in a
       resumed run exactly what they drew in a run that was never stopped.
@@ -45,7 +45,7 @@ class RunState(Callback):
                  "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position),
                            int(has_gauss), float(gauss)]}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+            state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -54,21 +54,28 @@ class RunState(Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+            torch.cuda.set_rng_state(state_dict["cuda"])
 
 
 class StopAfterEpochs(Callback):
-    """Ends the job once ``epochs`` epochs are done, as a preemption or a time limit would, but
-    at an epoch boundary and with the schedule still planned for ``trainer.max_epochs``: the
-    run is continued later with ``ckpt_path=<run dir>/checkpoints/last.ckpt``.
+    """Ends the job once it has trained ``epochs`` epochs, as a preemption or a time limit would,
+    but at an epoch boundary and with the schedule still planned for ``trainer.max_epochs``: the
+    run is continued later with ``ckpt_path=<run dir>/checkpoints/last.ckpt`` (the same command
+    again trains the next ``epochs``).
 
     Args:
-        epochs: Epochs after which to stop (counted from the start of the run, not of the job).
+        epochs: Epochs this job trains (counted from where it started).
     """
 
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
+        self.first_epoch = 0
+        self.stopped = False  # True when this callback ended the job before max_epochs
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.first_epoch = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.current_epoch + 1 >= self.epochs:
-            trainer.should_stop = True
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if trainer.current_epoch + 1 - self.first_epoch >= self.epochs and not last:
+            trainer.should_stop = self.stopped = True

@@ -27,8 +27,8 @@ def read(path: str | Path, option: str) -> dict[str, Any]:
         raise UserError(f"{option}={path}: no such checkpoint file")
     if file.stat().st_size == 0:
         raise UserError(f"{option}={path}: the file is empty, not a checkpoint")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    try:  # weights_only: no code runs while unpickling; mmap: tensors are read when used
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - whatever torch.load says, the file is not usable
         raise UserError(f"{option}={path}: not a readable checkpoint (truncated or not a PyTorch "
                         f"file: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"

@@ -17,12 +17,13 @@ class UserError(ValueError):
 
 
 def user_error_in(err: BaseException | None) -> UserError | None:
-    """The :class:`UserError` that caused ``err`` (itself, or one in its ``__cause__`` /
-    ``__context__`` chain, as when Hydra wraps it in an ``InstantiationException``)."""
+    """The :class:`UserError` that caused ``err``: itself, or one in its chain of explicit
+    causes (``raise ... from``), as when Hydra wraps it in an ``InstantiationException``. An
+    error raised while *handling* a UserError is not one."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, UserError):
             return err
         seen.add(id(err))
-        err = err.__cause__ or err.__context__
+        err = err.__cause__
     return None

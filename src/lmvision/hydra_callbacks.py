@@ -1,8 +1,10 @@
 """Hydra callbacks (listed in ``conf/hydra/default.yaml``). Only light imports here.
 
 * :class:`RunDirGuard` refuses, before Hydra writes anything, a run pointed at a directory that
-  holds another run; a run that resumes its own directory keeps the first ``.hydra`` config
-  and writes its own beside it (``.hydra/resume-<n>/``).
+  holds another run. A training run given ``ckpt_path`` of a run continues in that run's
+  directory, keeps the first ``.hydra`` config and writes its own beside it
+  (``.hydra/resume-<n>/``).
+* :class:`SweepGuard` refuses a sweep whose directory already holds the runs of a sweep.
 
 Hydra turns an ``Exception`` raised by a callback into a warning and goes on, so these exit
 with ``SystemExit`` instead.
@@ -12,7 +14,6 @@ with ``SystemExit`` instead.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,23 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lmvision.cli import exit_with_error
 from lmvision.errors import UserError
-from lmvision.runs import claim_run_dir, is_rank_zero
+from lmvision.files import read_json
+from lmvision.runs import claim_run_dir, is_rank_zero, run_of
 
 
 class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not is_rank_zero():  # DDP workers share rank 0's directory
             return
+        job_type = job_type_of(config)
+        own = run_of(config.get("ckpt_path")) if job_type == "train" else None
+        chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+        if own is not None and not chosen:  # a resume continues in its run's directory
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.run.dir = str(own)
         run_dir = Path(str(config.hydra.run.dir))
         try:
-            resuming = claim_run_dir(run_dir, config.get("job_type", "train"), config.get("ckpt_path"))
+            resuming = claim_run_dir(run_dir, job_type, config.get("ckpt_path"))
         except UserError as err:  # Hydra turns a callback's Exception into a mere warning
             exit_with_error(str(err))
         subdir = config.hydra.output_subdir
@@ -42,6 +50,16 @@ class RunDirGuard(Callback):
                 config.hydra.output_subdir = f"{subdir}/resume-{n}"
 
 
+class SweepGuard(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        held = sorted(p.parent.name for p in sweep_dir.glob("*/run.json")) if sweep_dir.is_dir() else []
+        if held:
+            exit_with_error(f"hydra.sweep.dir={sweep_dir} already holds the runs of a sweep (jobs "
+                            f"{', '.join(held[:5])}{', ...' if len(held) > 5 else ''}); lmvision "
+                            "never writes over another run: choose a new hydra.sweep.dir")
+
+
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         lines, failed = summarize_sweep(Path(str(config.hydra.sweep.dir)),
@@ -49,6 +67,12 @@ class SweepSummary(Callback):
         print("\n".join(lines), flush=True)
         if failed:
             raise SystemExit(1)
+
+
+def job_type_of(config: DictConfig) -> str:
+    """``eval`` for lmvision-eval and for ``lmvision-train train=false``, else ``train``."""
+    job_type = config.get("job_type", "train")
+    return "eval" if job_type == "train" and not config.get("train", True) else job_type
 
 
 def summarize_sweep(sweep_dir: Path, metric: str | None) -> tuple[list[str], int]:
@@ -59,10 +83,10 @@ def summarize_sweep(sweep_dir: Path, metric: str | None) -> tuple[list[str], int
     for job in jobs:
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = " ".join(OmegaConf.load(overrides_file)) if overrides_file.is_file() else ""
-        record = _read(job / "run.json")
+        record = read_json(job / "run.json", {})
         status = record.get("status", "did not start")
-        if status == "completed":
-            value = _read(job / "metrics.json").get(metric) if metric else None
+        if status in ("completed", "stopped"):  # stopped: ended by stop_after_epochs, resumable
+            value = read_json(job / "metrics.json", {}).get(metric) if metric else None
             detail = f"{metric}={value:.4f}" if isinstance(value, float) else ""
         else:
             failed += 1
@@ -71,10 +95,3 @@ def summarize_sweep(sweep_dir: Path, metric: str | None) -> tuple[list[str], int
     done = len(jobs) - failed
     head = f"Sweep {sweep_dir}: {done} of {len(jobs)} jobs completed" + (f", {failed} failed" if failed else "")
     return [head, *rows], failed
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}

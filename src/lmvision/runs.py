@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmvision.errors import UserError
-from lmvision.files import write_json
+from lmvision.files import read_json, write_json
 
 PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
             "hydra-core", "omegaconf", "wandb", "numpy", "scikit-learn", "timm")
@@ -41,25 +41,33 @@ def is_rank_zero() -> bool:
     return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
+def run_of(ckpt_path: str | None) -> Path | None:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt``, with ``<run>/run.json``)."""
+    if not ckpt_path:
+        return None
+    run = Path(str(ckpt_path)).expanduser().resolve().parent.parent
+    return run if (run / "run.json").is_file() else None
+
+
 def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None) -> bool:
     """Check that this run may write into ``run_dir``; True when it resumes the run there.
 
     Raises a UserError when the directory holds another run's record (``run.json``) and this
-    run does not resume it (a training run whose ``ckpt_path`` lies inside that directory).
+    run does not resume it (a training run whose ``ckpt_path`` lies inside that directory), and
+    when a training run would resume a run somewhere else than in that run's directory.
     """
+    own = run_of(ckpt_path) if job_type == "train" else None
+    if own is not None and own != Path(run_dir).resolve():
+        raise UserError(
+            f"ckpt_path={ckpt_path}: a resume continues its run, in {own}; leave hydra.run.dir "
+            "out (or set it to that directory), or start a new run from its weights with "
+            f"init_from={ckpt_path}")
     record = Path(run_dir) / "run.json"
     if not record.is_file():
         return False
-    inside = False
-    if job_type == "train" and ckpt_path:
-        ckpt = Path(str(ckpt_path)).expanduser().resolve()
-        inside = Path(run_dir).resolve() in ckpt.parents
-    if inside:
+    if own is not None:
         return True
-    try:
-        status = json.loads(record.read_text()).get("status", "unknown")
-    except (OSError, ValueError):
-        status = "unreadable"
+    status = (read_json(record) or {"status": "unreadable"}).get("status", "unknown")
     raise UserError(
         f"{Path(run_dir).resolve()} already holds a run (run.json, status {status}); lmvision "
         "never writes over another run: choose a new hydra.run.dir, or resume that run with "
@@ -170,20 +178,18 @@ class RunRecord:
         return (self.info.get("wandb") or {}).get("id") if self.info.get("restarts") else None
 
     def _earlier(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.run_dir / "run.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.run_dir / "run.json", {})
 
     def update(self, **fields: Any) -> None:
         self.info.update(fields)
         self._write()
 
-    def finish(self, metrics: dict[str, float], **fields: Any) -> None:
-        """Write metrics.json, then mark run.json completed."""
+    def finish(self, metrics: dict[str, float], status: str = "completed", **fields: Any) -> None:
+        """Write metrics.json, then mark run.json ``completed`` (or ``stopped``: a job that ended
+        before the run's last epoch, to be resumed)."""
         if self.enabled:
             write_json(self.run_dir / "metrics.json", metrics)
-        self.update(status="completed", wall_time_s=round(time.time() - self.started, 3),
+        self.update(status=status, wall_time_s=round(time.time() - self.started, 3),
                     ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields)
 
     def fail(self, error: BaseException) -> None:

@@ -43,22 +43,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from lmvision import build, checkpoints, runs
     from lmvision.callbacks import RunState, StopAfterEpochs
-    from lmvision.errors import UserError
     from lmvision.validate import check_config
 
     out = build.run_dir(cfg)
     ckpt_path = cfg.get("ckpt_path")
-    resuming = runs.is_rank_zero() and runs.claim_run_dir(out, "train", ckpt_path)
+    fitting = cfg.get("train", True)
+    resuming = runs.is_rank_zero() and runs.claim_run_dir(out, "train" if fitting else "eval",
+                                                          ckpt_path)
     choices = build.group_choices()
     record = runs.RunRecord(out, cfg.get("seed"), "train", choices,
                             resumed_from=ckpt_path if resuming else None)
     with build.failures_recorded(record):
         check_config(cfg)
-        if not cfg.get("train", True) and not ckpt_path:
-            raise UserError("train=false tests a checkpoint: give ckpt_path=<checkpoint to test>")
-        if ckpt_path and cfg.get("init_from"):
-            raise UserError("give ckpt_path (resume a run) or init_from (start a new run from "
-                            "another run's weights), not both")
+        check_run_options(cfg)
+        if fitting and ckpt_path and not resuming:
+            record.update(resumed_from=str(ckpt_path))  # a checkpoint that is not in a run dir
         stored = checkpoints.read(ckpt_path, "ckpt_path") if ckpt_path else None
         init = checkpoints.read(cfg.init_from, "init_from") if cfg.get("init_from") else None
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -82,24 +81,43 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer = build.trainer(cfg, callbacks, build.instantiate_group(cfg.get("logger")))
     with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
         fit_metrics, fit_seconds, saved = {}, 0.0, {"best": None, "last": None}
-        if cfg.get("train", True):
+        if fitting:
             started = time.perf_counter()
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             fit_seconds = time.perf_counter() - started
             fit_metrics = dict(trainer.callback_metrics)
             saved = saved_checkpoints(trainer)  # before testing reloads callback states
+        stopped = any(getattr(c, "stopped", False) for c in callbacks)  # stop_after_epochs
         test_metrics = {}
-        if cfg.get("test", True):
+        if cfg.get("test", True) and not stopped:
             # after training: the best checkpoint if one was saved, else the current weights
-            ckpt = saved["best"] if cfg.get("train", True) else ckpt_path
+            ckpt = saved["best"] if fitting else ckpt_path
             results = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt)
             test_metrics = results[0] if results else {}
             record.update(tested_checkpoint=ckpt)
         metrics = runs.flat_metrics(fit_metrics, test_metrics)
-        record.finish(metrics, fit_seconds=round(fit_seconds, 3), checkpoints=saved)
+        record.finish(metrics, status="stopped" if stopped else "completed",
+                      fit_seconds=round(fit_seconds, 3), checkpoints=saved)
     if trainer.is_global_zero:
         runs.print_summary(out, metrics, cfg.strategy.get("monitor"))
     return metrics
+
+
+def check_run_options(cfg: DictConfig) -> None:
+    """The run-wide options of train.yaml, which no class signature checks."""
+    from lmvision.errors import UserError
+
+    if not cfg.get("train", True) and not cfg.get("ckpt_path"):
+        raise UserError("train=false tests a checkpoint: give ckpt_path=<checkpoint to test>")
+    if cfg.get("ckpt_path") and cfg.get("init_from"):
+        raise UserError("give ckpt_path (resume a run) or init_from (start a new run from "
+                        "another run's weights), not both")
+    if cfg.get("init_from_prefix") and not cfg.get("init_from"):
+        raise UserError("init_from_prefix names a part of the weights of init_from=<checkpoint>; "
+                        "give init_from too")
+    stop = cfg.get("stop_after_epochs")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
+        raise UserError(f"stop_after_epochs={stop!r}: expected a whole number of epochs, at least 1")
 
 
 def saved_checkpoints(trainer) -> dict[str, str | None]:

@@ -94,6 +94,10 @@ def pretrained(tokenizer, name_or_path: str, pooling: str = "mean", freeze: str 
     if len(tokenizer) > vocab:
         raise UserError(f"text_encoder.name_or_path={name_or_path!r}: the tokenizer has "
                          f"{len(tokenizer)} tokens but the model embeds only {vocab}")
+    if getattr(model, "pooler", None) is not None:
+        # BERT-style models carry a pooler that lmvision never calls (it pools the tokens
+        # itself); a trained parameter that no step uses would stall DDP
+        model.pooler = None
     return TransformerTextEncoder(model, pooling=pooling, freeze=freeze, last_n=last_n)
 
 

@@ -49,11 +49,14 @@ class ClassificationStrategy(Strategy):
             loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        targets = labels.long() if self.task == "multilabel" else labels
-        self.metrics[split].update(logits.detach(), targets)
+        self.metrics[split].update(logits.detach(), self.targets(batch))
         if split == "test":
             self.test_predictions(batch, logits.detach())
         return {"loss": loss}
+
+    def targets(self, batch: dict) -> torch.Tensor:
+        """Labels as the metrics take them (multi-hot tags as integers)."""
+        return batch["label"].long() if self.task == "multilabel" else batch["label"]
 
     def test_predictions(self, batch: dict, logits: torch.Tensor) -> None:
         """Collect what the test figures show; strategies add their own (and call this)."""

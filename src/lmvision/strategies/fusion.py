@@ -25,20 +25,22 @@ class FusionStrategy(ClassificationStrategy):
 
     Args:
         net: The fusion network.
+        num_classes, task, label_smoothing, optimizer, scheduler, monitor, monitor_mode: As in
+            :class:`ClassificationStrategy`.
         tokenizer: The tokenizer of the text encoder (the entry point builds it from
             ``text_encoder.tokenizer`` and gives the same one to the datamodule); stored in
             checkpoints with the run.
-        max_text_length: Longest token sequence when the dataset's text is encoded once.
-        **kwargs: As in :class:`ClassificationStrategy`.
     """
 
-    def __init__(self, net: FusionClassifier, tokenizer=None, max_text_length: int = 64,
-                 **kwargs) -> None:
-        super().__init__(net, **kwargs)
+    def __init__(self, net: FusionClassifier, num_classes: int, task: str = "multiclass",
+                 label_smoothing: float = 0.0, optimizer=None, scheduler=None,
+                 monitor: str = "val/acc", monitor_mode: str = "max", tokenizer=None) -> None:
+        super().__init__(net, num_classes, task, label_smoothing, optimizer, scheduler, monitor,
+                         monitor_mode)
         if tokenizer is None:
             raise UserError("strategy=fusion needs a tokenizer; the entry points build it from "
                             "text_encoder.tokenizer")
-        self.tokenizer, self.max_text_length = tokenizer, max_text_length
+        self.tokenizer = tokenizer
         self.acc_no_text = Accuracy(task=self.task, num_classes=self.num_classes,
                                     num_labels=self.num_classes)
         self._examples: list[dict] = []
@@ -55,16 +57,16 @@ class FusionStrategy(ClassificationStrategy):
 
     def _cache_text(self) -> None:
         # a frozen text encoder encodes every distinct text of the dataset once, on its device
+        datamodule = self.trainer.datamodule
         if self.net.reads_text and self.net.text_cache is None:
-            self.net.cache_text_features(self.trainer.datamodule.texts("text"), self.tokenizer,
-                                         self.max_text_length)
+            self.net.cache_text_features(datamodule.texts("text"), self.tokenizer,
+                                         datamodule.max_text_length)
 
     def test_predictions(self, batch: dict, logits: torch.Tensor) -> None:
         super().test_predictions(batch, logits)
         absent = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
         no_text = self.net(batch, text_present=absent) if self.net.reads_text else logits
-        targets = batch["label"].long() if self.task == "multilabel" else batch["label"]
-        self.acc_no_text.update(no_text, targets)
+        self.acc_no_text.update(no_text, self.targets(batch))
         if len(self._examples) < EXAMPLES:
             n = min(EXAMPLES - len(self._examples), len(logits))
             predicted, actual = self.describe(logits[:n].cpu(), batch["label"][:n].cpu())
