@@ -67,7 +67,7 @@ def _check_target(node: dict, raw: dict, path: str, root: dict) -> None:
 
     try:
         target = get_object(node["_target_"])
-    except Exception as err:  # noqa: BLE001 - the user may have typed any _target_
+    except ImportError as err:  # a _target_ that names nothing (a bug inside a module is no such)
         raise UserError(f"{path}._target_={node['_target_']!r}: cannot import it ({err})") from err
     try:
         signature = inspect.signature(target)

@@ -133,6 +133,8 @@ class Strategy(pl.LightningModule):
         self._loss_counts[split] = self._loss_counts.get(split, 0) + size
 
     def _mean_losses(self, split: str) -> dict[str, torch.Tensor]:
+        # every process has items (the datamodule refuses splits smaller than the world size),
+        # so every process reaches the reduce below with the same loss names
         sums, count = self._loss_sums.pop(split, {}), self._loss_counts.pop(split, 0)
         if not sums:
             return {}
