@@ -27,8 +27,13 @@ def instantiate_group(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def data_and_model(cfg: DictConfig, tokenizer: Any | None = None) -> tuple[Any, Any]:
+def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
+                   descriptions: Any | None = None) -> tuple[Any, Any]:
     """Instantiate the datamodule and the strategy with its network.
+
+    A strategy that reads class descriptions declares ``descriptions: null`` (and
+    ``classes: null``): they are built from ``descriptions=`` for the data's classes, unless
+    given (a resumed or evaluated checkpoint carries its own).
 
     A strategy that reads text declares ``tokenizer: null`` in its config (and its network
     ``text_encoder: null``). The tokenizer is then built from ``text_encoder.tokenizer`` (with
@@ -50,7 +55,14 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None) -> tuple[Any, 
     net: dict[str, Any] = {}
     if "text_encoder" in cfg.strategy.net and cfg.strategy.net.text_encoder is None:
         net["text_encoder"] = instantiate(cfg.text_encoder.encoder)(tokenizer=tokenizer)
-    return datamodule, instantiate(cfg.strategy, tokenizer=tokenizer, net=net)
+    extra: dict[str, Any] = {}
+    if "descriptions" in cfg.strategy and cfg.strategy.descriptions is None:
+        if descriptions is None:
+            descriptions = instantiate(cfg.descriptions)(datamodule.classes)
+        extra["descriptions"] = descriptions
+    if "classes" in cfg.strategy and cfg.strategy.classes is None:
+        extra["classes"] = list(datamodule.classes)
+    return datamodule, instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
 
 
 def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
@@ -99,6 +111,32 @@ def group_choices() -> dict[str, str]:
         return {}
     choices = HydraConfig.get().runtime.choices
     return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+
+
+def record_descriptions(model: Any, record: Any, out: Path) -> None:
+    """Write the class descriptions a strategy reads to ``<run dir>/descriptions.json`` and
+    their provenance (file, or model, prompt and settings) into the run record."""
+    from lmvision.files import write_json
+
+    descriptions = getattr(model, "descriptions", None)
+    if descriptions is None or not record.enabled:
+        return
+    write_json(out / "descriptions.json", descriptions.state())
+    record.update(descriptions=descriptions.provenance)
+
+
+def stored_descriptions(checkpoint: dict | None, cfg: DictConfig) -> Any | None:
+    """The class descriptions a checkpoint carries (what the run was trained with), when this
+    run reads descriptions and does not choose other ones than the checkpoint's run did."""
+    from lmvision.text.descriptions import Descriptions
+
+    if (not checkpoint or "lmvision_descriptions" not in checkpoint
+            or "descriptions" not in cfg.strategy):
+        return None
+    stored = checkpoint.get("lmvision_config", {}).get("descriptions")
+    if stored is not None and stored != OmegaConf.to_container(cfg.descriptions, resolve=False):
+        return None  # this run asks for other descriptions
+    return Descriptions.from_state(checkpoint["lmvision_descriptions"])
 
 
 def stored_tokenizer(checkpoint: dict | None, cfg: DictConfig, choices: dict[str, str]) -> Any | None:

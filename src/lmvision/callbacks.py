@@ -37,6 +37,9 @@ class RunState(Callback):
         tokenizer = getattr(pl_module, "tokenizer", None)
         if tokenizer is not None:
             checkpoint["lmvision_tokenizer"] = tokenizer_state(tokenizer)
+        descriptions = getattr(pl_module, "descriptions", None)
+        if descriptions is not None:  # what the run trained with (a language model's text too)
+            checkpoint["lmvision_descriptions"] = descriptions.state()
 
     def state_dict(self) -> dict[str, Any]:
         # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)

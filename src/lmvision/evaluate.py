@@ -53,7 +53,9 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
         record.update(checkpoint=str(cfg.ckpt_path), trained_with=trained_with, choices=choices,
                       seed=cfg.get("seed"))
         check_config(cfg)
-        datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(checkpoint, cfg, choices))
+        datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(checkpoint, cfg, choices),
+                                                 build.stored_descriptions(checkpoint, cfg))
+        build.record_descriptions(model, record, out)
         checkpoints.check_fits(checkpoint, model, cfg.ckpt_path, "ckpt_path",
                                cfg.strategy._target_, choices)
         if "wandb" in (cfg.get("logger") or {}):  # dashboards group evals with their training

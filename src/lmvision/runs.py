@@ -215,6 +215,7 @@ def recorded(record: RunRecord, trainer, datamodule, config: dict):
         if record.enabled:  # only rank 0 has a real W&B run (others hold a dummy)
             record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
                           data_warnings=getattr(datamodule, "split_warnings", []),
+                          class_split=getattr(datamodule, "class_split", None),
                           device=device_info(trainer), wandb=wandb_info(trainer.loggers))
         yield
     except BaseException as err:

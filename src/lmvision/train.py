@@ -62,7 +62,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         init = checkpoints.read(cfg.init_from, "init_from") if cfg.get("init_from") else None
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         tokenizer = build.stored_tokenizer(stored or init, cfg, choices)
-        datamodule, model = build.data_and_model(cfg, tokenizer)
+        datamodule, model = build.data_and_model(cfg, tokenizer,
+                                                 build.stored_descriptions(stored, cfg))
+        build.record_descriptions(model, record, out)
         if stored is not None:
             checkpoints.check_fits(stored, model, ckpt_path, "ckpt_path", cfg.strategy._target_,
                                    choices)

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.transforms import v2
 
+from lmvision.data.class_splits import choose_holdout, restrict_split
 from lmvision.data.collate import BatchCollator
 from lmvision.errors import UserError
 
@@ -52,6 +53,12 @@ class ImageDataModule(pl.LightningDataModule):
         max_text_length: Longest token sequence kept by the collate.
         tokenize_keys: Which string fields the collate tokenises.
         pin_memory: Pin batches in memory (useful with a GPU).
+        holdout_classes: Classes removed from training and validation (zero-shot evaluation):
+            a list of class names, or a fraction of the classes drawn with ``split_seed``
+            (keeping every part of combined classes, such as shapes' colours and shapes, seen).
+            Test keeps every class; ``unseen_classes`` lists the held-out ones.
+        shots_per_class: Keep this many training images per class (few-shot), drawn with
+            ``split_seed``; ``None`` keeps all.
 
     Training batches are shuffled by a sampler seeded with ``split_seed`` and the epoch, so a
     resumed run sees the same order as one that was never stopped. Under DDP each process gets
@@ -79,6 +86,8 @@ class ImageDataModule(pl.LightningDataModule):
         max_text_length: int = 64,
         tokenize_keys: Sequence[str] = ("text", "caption"),
         pin_memory: bool = False,
+        holdout_classes: Sequence[str] | float | None = None,
+        shots_per_class: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -107,10 +116,28 @@ class ImageDataModule(pl.LightningDataModule):
         self.mean, self.std = mean, std
 
         self.split = seeded_split(len(dataset), val_fraction, test_fraction, split_seed)
-        self.split_warnings = missing_classes(dataset, self.split, self.classes, self.task)
+        self.unseen_classes: list[int] = []  # indices of the held-out classes
+        if holdout_classes is not None or shots_per_class is not None:
+            if self.task != "multiclass":
+                raise DataConfigError("data.holdout_classes and data.shots_per_class need "
+                                      "single-label data (data.task=multiclass)")
+            self.unseen_classes = choose_holdout(self.classes, holdout_classes, split_seed,
+                                                 getattr(dataset, "class_parts", None))
+            self.split = restrict_split(self.split, dataset_labels(dataset), self.classes,
+                                        self.unseen_classes, shots_per_class, split_seed)
+        self.shots_per_class = shots_per_class
+        self.split_warnings = missing_classes(dataset, self.split, self.classes, self.task,
+                                              held_out=self.unseen_classes)
         for message in self.split_warnings:
             warnings.warn(message, SplitWarning, stacklevel=2)
         self.data_train = self.data_val = self.data_test = None
+
+    @property
+    def class_split(self) -> dict[str, Any]:
+        """What the run record says about held-out classes and few-shot training."""
+        return {"unseen_classes": [self.classes[i] for i in self.unseen_classes],
+                "shots_per_class": self.shots_per_class,
+                "items": {name: len(index) for name, index in self.split.items()}}
 
     def use_tokenizer(self, tokenizer: Any | None) -> None:
         """Tokenise ``text``/``caption`` with ``tokenizer`` in every batch from now on."""
@@ -270,8 +297,10 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
     }
 
 
-def missing_classes(dataset: Dataset, split: dict, classes: list[str], task: str) -> list[str]:
-    """One message per split that has no item of some class (single-label data only)."""
+def missing_classes(dataset: Dataset, split: dict, classes: list[str], task: str,
+                    held_out: Sequence[int] = ()) -> list[str]:
+    """One message per split that has no item of some class (single-label data only); the
+    ``held_out`` classes are absent from train and val on purpose."""
     labels = getattr(dataset, "labels", None)
     if task != "multiclass" or labels is None:
         return []
@@ -279,6 +308,8 @@ def missing_classes(dataset: Dataset, split: dict, classes: list[str], task: str
     messages = []
     for name in ("train", "val", "test"):
         present = set(labels[split[name]].tolist())
+        if name != "test":
+            present |= set(held_out)
         absent = [c for i, c in enumerate(classes) if i not in present]
         if absent:
             shown = ", ".join(absent[:8]) + (", ..." if len(absent) > 8 else "")
@@ -298,12 +329,17 @@ def _count(option: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
-def validate_dataset(dataset: Dataset, num_classes: int, task: str) -> None:
-    """Check labels and strings of every item; raise one error naming the first bad row."""
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Every item's label: the dataset's ``labels`` when it has them, else read item by item."""
     labels = getattr(dataset, "labels", None)
     if labels is None:
         labels = [dataset[i]["label"] for i in range(len(dataset))]
-    labels = torch.as_tensor(labels)
+    return torch.as_tensor(labels)
+
+
+def validate_dataset(dataset: Dataset, num_classes: int, task: str) -> None:
+    """Check labels and strings of every item; raise one error naming the first bad row."""
+    labels = dataset_labels(dataset)
     if len(labels) != len(dataset):
         raise DataConfigError(f"{type(dataset).__name__}: {len(labels)} labels for {len(dataset)} items")
     name = type(dataset).__name__

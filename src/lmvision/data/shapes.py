@@ -18,12 +18,14 @@ The image and the side text are built to be complementary:
 * The **text** names the colour exactly, but the shape only up to a family of two
   ("a circle or a square", "a triangle or a cross").
 
-So with ``target="color_shape"`` (24 classes) an image-only model reaches about 50% accuracy,
+So with ``target="color_shape"`` (24 classes) and ``colors="paired"`` (the default) an image-only model reaches about 50% accuracy,
 a text-only model about 50%, and a model that fuses both can reach 100%.
 ``target="shape"`` (the default) is solvable from the image alone, ``target="color"`` from the
 text alone, and ``target="attributes"`` is multi-label tagging of shape, colour, size and
-position. Everything is deterministic given ``seed``; the rendered set is cached on disk per
-(version, num_images, image_size, seed).
+position. ``colors="distinct"`` draws every colour in its own, visually separable hue band
+instead, so that the image alone determines colour and shape (the zero-shot experiments of
+``aux_text`` use it). Everything is deterministic given ``seed``; the rendered set is cached on
+disk per (version, num_images, image_size, colors, seed).
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ GENERATOR_VERSION = 1  # bump when rendering changes: it invalidates caches
 
 # Hue band (degrees) shown in the image for each colour pair; both names of a pair share it.
 _PAIR_HUES = {"red": (0.0, 28.0), "green": (115.0, 160.0), "blue": (215.0, 265.0)}
-_COLOR_BAND = {c: _PAIR_HUES[pair[0]] for pair in spec.COLOR_PAIRS for c in pair}
+_PAIRED_BANDS = {c: _PAIR_HUES[pair[0]] for pair in spec.COLOR_PAIRS for c in pair}
+# colors="distinct": one band per colour, at least 20 degrees from its neighbours
+_DISTINCT_BANDS = {"red": (-8.0, 8.0), "orange": (26.0, 38.0), "green": (100.0, 130.0),
+                   "teal": (168.0, 186.0), "blue": (218.0, 240.0), "purple": (272.0, 295.0)}
+_COLOR_BANDS = {"paired": _PAIRED_BANDS, "distinct": _DISTINCT_BANDS}
 
 
 class ShapesDataset(InMemoryDataset):
@@ -60,6 +66,8 @@ class ShapesDataset(InMemoryDataset):
         target: Which label to return: ``shape``, ``color``, ``color_shape`` or ``attributes``
             (a multi-hot vector over shapes, colours, sizes and positions).
         seed: Seed of the generator; the same seed gives the same images and strings.
+        colors: ``paired`` (colours of a pair share a hue band: the image shows the colour only
+            up to its pair) or ``distinct`` (every colour has its own hue band).
         cache_dir: Where rendered sets are cached (``None`` disables the cache).
     """
 
@@ -69,6 +77,7 @@ class ShapesDataset(InMemoryDataset):
         image_size: int = 32,
         target: str = "shape",
         seed: int = 0,
+        colors: str = "paired",
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if int(num_images) < 1:
@@ -76,6 +85,11 @@ class ShapesDataset(InMemoryDataset):
         if int(image_size) < 16:
             raise UserError(f"data.image_size must be at least 16 for shapes, got {image_size!r}")
         self.classes = spec.shapes_classes(target)  # validates target with a clear message
+        if colors not in spec.SHAPES_COLORINGS:
+            raise UserError(f"data.colors={colors!r}: choose one of {', '.join(spec.SHAPES_COLORINGS)}")
+        self.colors = colors
+        # classes that combine attributes: a holdout of classes keeps every part seen
+        self.class_parts = spec.shapes_class_parts(target)
         self.num_images = int(num_images)
         self.image_size = int(image_size)
         self.target = target
@@ -116,12 +130,13 @@ class ShapesDataset(InMemoryDataset):
 
     # -- cache --------------------------------------------------------------------------
     def _cache_key(self) -> str:
-        raw = f"v{GENERATOR_VERSION}-n{self.num_images}-s{self.image_size}-seed{self.seed}"
+        raw = (f"v{GENERATOR_VERSION}-n{self.num_images}-s{self.image_size}-seed{self.seed}"
+               f"-{self.colors}")
         return "shapes-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
 
     def _load_or_render(self, cache_dir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         if cache_dir is None:
-            return render_shapes(self.num_images, self.image_size, self.seed)
+            return render_shapes(self.num_images, self.image_size, self.seed, self.colors)
         base = Path(cache_dir).expanduser() / self._cache_key()
         npz, js = base.with_suffix(".npz"), base.with_suffix(".json")
         if npz.is_file() and js.is_file():
@@ -133,7 +148,7 @@ class ShapesDataset(InMemoryDataset):
                     return arrays, strings
             except (OSError, ValueError, KeyError) as err:  # a broken cache is re-rendered
                 log.warning("shapes cache %s is unreadable (%s); rendering again", npz, err)
-        arrays, strings = render_shapes(self.num_images, self.image_size, self.seed)
+        arrays, strings = render_shapes(self.num_images, self.image_size, self.seed, self.colors)
         # atomic: ranks and parallel jobs that render the same set never read half a file
         atomic_write(npz, lambda p: np.savez(p, **arrays))
         atomic_write(js, lambda p: Path(p).write_text(json.dumps(strings)))
@@ -143,7 +158,7 @@ class ShapesDataset(InMemoryDataset):
 # ------------------------------------------------------------------------------------------
 # Rendering: everything is vectorised over the whole set (no Python loop per pixel or image).
 # ------------------------------------------------------------------------------------------
-def render_shapes(num_images: int, image_size: int, seed: int):
+def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "paired"):
     """Render ``num_images`` images and their strings; returns ``(arrays, strings)``."""
     rng = np.random.default_rng(seed)
     n, s = num_images, image_size
@@ -157,7 +172,7 @@ def render_shapes(num_images: int, image_size: int, seed: int):
     cx, cy = _centres(position, radius, s, rng)
 
     mask = _shape_masks(shape, cx, cy, radius, s)  # (N, H, W) bool
-    rgb = _colours(color, rng)  # (N, 3) in [0, 1]
+    rgb = _colours(color, rng, _COLOR_BANDS[colors])  # (N, 3) in [0, 1]
     background = rng.uniform(0.0, 0.25, n).astype(np.float32)
     img = np.empty((n, 3, s, s), dtype=np.float32)
     img[:] = background[:, None, None, None]
@@ -207,10 +222,10 @@ def _shape_masks(shape, cx, cy, r, s):
     return masks[shape, np.arange(len(shape))]
 
 
-def _colours(color, rng):
-    lo = np.array([_COLOR_BAND[spec.COLORS[c]][0] for c in color])
-    hi = np.array([_COLOR_BAND[spec.COLORS[c]][1] for c in color])
-    hue = rng.uniform(lo, hi) / 360.0
+def _colours(color, rng, bands):
+    lo = np.array([bands[spec.COLORS[c]][0] for c in color])
+    hi = np.array([bands[spec.COLORS[c]][1] for c in color])
+    hue = (rng.uniform(lo, hi) / 360.0) % 1.0
     sat = rng.uniform(0.65, 1.0, len(color))
     val = rng.uniform(0.75, 1.0, len(color))
     return _hsv_to_rgb(hue, sat, val)

@@ -20,6 +20,9 @@ COLOR_PAIRS = (("red", "orange"), ("green", "teal"), ("blue", "purple"))
 SHAPE_FAMILIES = (("circle", "square"), ("triangle", "cross"))
 
 SHAPES_TARGETS = ("shape", "color", "color_shape", "attributes")
+# How colours are drawn: "paired" (one hue band per pair, see COLOR_PAIRS) or "distinct" (every
+# colour in its own separable hue band, so the image alone determines the colour).
+SHAPES_COLORINGS = ("paired", "distinct")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -37,6 +40,14 @@ def shapes_classes(target: str) -> list[str]:
         f"data.target={target!r} is not a target of the shapes dataset; "
         f"choose one of {', '.join(SHAPES_TARGETS)}"
     )
+
+
+def shapes_class_parts(target: str) -> list[tuple[str, ...]] | None:
+    """For targets whose classes combine attributes (``color_shape``), each class's parts, e.g.
+    ``("red", "circle")``; ``None`` for the others."""
+    if target == "color_shape":
+        return [(c, s) for c in COLORS for s in SHAPES]
+    return None
 
 
 def num_classes(dataset: str, target: str | None = None) -> int:

@@ -1,5 +1,7 @@
 """What the classification strategies share, on top of :class:`Strategy`: labels, the loss by
 task, accuracy and macro P/R/F1 per split, the confusion matrix and a grid of test predictions.
+When the datamodule holds classes out of training (``data.holdout_classes``), training scores
+only the seen classes and test adds the zero-shot metrics of :class:`HoldoutAccuracy`.
 The image-only baseline (``strategy=image_classifier``) is this class with an
 ``ImageClassifier`` network; ``fusion.py`` adds what fusion needs on top.
 """
@@ -13,7 +15,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lmvision.strategies.base import Strategy
 from lmvision.strategies.figures import confusion_matrix_figure, prediction_grid_figure
-from lmvision.strategies.metrics import SplitMetrics
+from lmvision.strategies.metrics import HoldoutAccuracy, SplitMetrics
 
 GRID_SIZE = 32  # test images shown in the prediction grid
 
@@ -37,6 +39,15 @@ class ClassificationStrategy(Strategy):
         self.metrics = SplitMetrics(task, num_classes)
         self.confusion = MulticlassConfusionMatrix(num_classes) if task == "multiclass" else None
         self._grid: dict[str, torch.Tensor] = {}
+        self.holdout: HoldoutAccuracy | None = None
+
+    def setup(self, stage: str) -> None:
+        unseen = getattr(getattr(self.trainer, "datamodule", None), "unseen_classes", None)
+        if unseen and self.task == "multiclass" and self.holdout is None:
+            self.holdout = HoldoutAccuracy(self.num_classes, unseen)
+            seen = torch.ones(self.num_classes, dtype=torch.bool)
+            seen[unseen] = False
+            self.register_buffer("seen_classes", seen, persistent=False)
 
     def logits(self, batch: dict) -> torch.Tensor:
         """(B, K) class scores of a batch."""
@@ -45,6 +56,8 @@ class ClassificationStrategy(Strategy):
     def step(self, batch: dict, split: str) -> dict[str, torch.Tensor]:
         logits = self.logits(batch)
         labels = batch["label"]
+        if split == "train" and self.holdout is not None:  # held-out classes are not trained on
+            logits = logits.masked_fill(~self.seen_classes, float("-inf"))
         if self.task == "multilabel":
             loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         else:
@@ -62,13 +75,19 @@ class ClassificationStrategy(Strategy):
         """Collect what the test figures show; strategies add their own (and call this)."""
         if self.confusion is not None:
             self.confusion.update(logits.argmax(dim=1), batch["label"])
+        if self.holdout is not None:
+            self.holdout.update(logits, batch["label"])
         if not self._grid:
             n = min(GRID_SIZE, len(logits))
             self._grid = {"images": batch["image"][:n].cpu(), "logits": logits[:n].cpu(),
                           "labels": batch["label"][:n].cpu()}
 
     def epoch_metrics(self, split: str) -> dict[str, torch.Tensor]:
-        return self.metrics.compute(split)
+        values = self.metrics.compute(split)
+        if split == "test" and self.holdout is not None:
+            values.update({f"test/{k}": v for k, v in self.holdout.compute().items()})
+            self.holdout.reset()
+        return values
 
     def validation_metrics(self) -> list[str]:
         return ["val/loss", *self.metrics["val"].keys()]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import (
     Accuracy,
     ExactMatch,
@@ -57,3 +58,54 @@ class SplitMetrics(nn.Module):
         values = self[split].compute()
         self[split].reset()
         return values
+
+
+class HoldoutAccuracy(Metric):
+    """Zero-shot test metrics when some classes were held out of training.
+
+    Accuracies are per-class means (each class counts once, as is usual for zero-shot
+    benchmarks), over the seen and over the unseen classes:
+
+    * ``acc_seen`` / ``acc_unseen``: predicting among *all* classes (the generalized setting);
+    * ``acc_hm``: their harmonic mean;
+    * ``acc_unseen_zsl``: unseen items, predicting among the unseen classes only.
+
+    Args:
+        num_classes: Number of classes.
+        unseen: Indices of the held-out classes.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, unseen: list[int]) -> None:
+        super().__init__()
+        mask = torch.zeros(num_classes, dtype=torch.bool)
+        mask[list(unseen)] = True
+        self.register_buffer("unseen", mask, persistent=False)
+        for name in ("correct", "correct_zsl", "total"):
+            self.add_state(name, default=torch.zeros(num_classes), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        unseen = self.unseen.to(logits.device)
+        hit = (logits.argmax(1) == labels).float()
+        zsl = logits.masked_fill(~unseen, float("-inf")).argmax(1) == labels
+        self.total += torch.bincount(labels, minlength=len(self.total)).float()
+        self.correct += torch.bincount(labels, weights=hit, minlength=len(self.total))
+        self.correct_zsl += torch.bincount(labels, weights=zsl.float(), minlength=len(self.total))
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        present = self.total > 0
+        unseen = self.unseen.to(self.total.device)
+
+        def mean_accuracy(correct: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            chosen = classes & present
+            if not chosen.any():
+                return torch.tensor(float("nan"), device=correct.device)
+            return (correct[chosen] / self.total[chosen]).mean()
+
+        seen_acc = mean_accuracy(self.correct, ~unseen)
+        unseen_acc = mean_accuracy(self.correct, unseen)
+        total = seen_acc + unseen_acc
+        hm = torch.zeros_like(total) if total == 0 else 2 * seen_acc * unseen_acc / total
+        return {"acc_seen": seen_acc, "acc_unseen": unseen_acc, "acc_hm": hm,
+                "acc_unseen_zsl": mean_accuracy(self.correct_zsl, unseen)}
