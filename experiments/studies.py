@@ -20,12 +20,13 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics")  # named in environment_line()
 
 
-def train(overrides: list[str], run_dir: Path) -> dict:
-    """Train in a subprocess exactly as a user would; return metrics plus timings of run.json."""
+def train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None) -> dict:
+    """Train in a subprocess exactly as a user would; return metrics plus timings of run.json.
+    ``env`` adds environment variables (e.g. ``OMP_NUM_THREADS`` for runs side by side)."""
     cmd = [sys.executable, "-m", "lmvision.train", *overrides, f"hydra.run.dir={run_dir}",
            "callbacks.progress_bar.refresh_rate=0"]
     done = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_SILENT": "true"})
+                          env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())

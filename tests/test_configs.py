@@ -73,7 +73,10 @@ def test_strategy_and_head_instantiate(make_cfg, strategy, head):
     import pytorch_lightning as pl
 
     assert isinstance(model.net, torch.nn.Module) and not isinstance(model.net, pl.LightningModule)
-    assert type(model.net.head).__name__ == {"linear": "LinearHead", "mlp": "MLPHead"}[head]
+    if strategy == "aux_text":  # text prototypes stand in for a head
+        assert type(model.net).__name__ == "PrototypeClassifier" and not hasattr(model.net, "head")
+    else:
+        assert type(model.net.head).__name__ == {"linear": "LinearHead", "mlp": "MLPHead"}[head]
 
 
 @pytest.mark.parametrize("option", options("text_encoder"))
@@ -195,10 +198,12 @@ def test_selection_metric_drives_checkpoints_early_stopping_and_optimized_metric
 def test_only_classification_configs_and_code_name_val_acc():
     """A strategy that is not a classifier must not inherit a classifier's selection metric."""
     configs = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if "val/acc" in p.read_text()}
-    assert configs == {"strategy/image_classifier.yaml", "strategy/fusion.yaml"}
+    assert configs == {"strategy/image_classifier.yaml", "strategy/fusion.yaml",
+                       "strategy/aux_text.yaml"}
     src = ROOT / "src" / "lmvision"
     code = {str(p.relative_to(src)) for p in src.rglob("*.py") if "val/acc" in p.read_text()}
-    assert code == {"strategies/classification.py", "strategies/fusion.py"}  # the classifiers
+    assert code == {"strategies/classification.py", "strategies/fusion.py",
+                    "strategies/aux_text.py"}  # the classifiers
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))

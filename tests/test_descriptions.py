@@ -125,29 +125,6 @@ def test_parse_list_style_answers():
 
 
 # -- language model ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_causal_lm(tmp_path_factory):
-    """A tiny GPT-2 and a word-level tokenizer, built and saved here, loaded back through the
-    same from_pretrained code a hub name takes."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    words = ("a an the round red square shape with corners bright colour of like small large "
-             "circle disc edge side top bottom four three flat curved sharp green blue").split()
-    vocab = {w: i for i, w in enumerate(["<unk>", "<eos>", "\n", "-", ":", "?", "Q", "A"] + words)}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="<eos>")
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(vocab), n_positions=128, n_embd=32,
-                                       n_layer=2, n_head=2, eos_token_id=1, bos_token_id=1))
-    path = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_language_model_writes_caches_and_reuses_descriptions(tiny_causal_lm, tmp_path,
                                                               monkeypatch):
     from transformers import AutoModelForCausalLM

@@ -120,3 +120,20 @@ def test_fusion_under_ddp_with_the_default_wandb_logger(tmp_path):
     assert record["wandb"]["mode"] == "offline"
     assert {"test/acc", "test/acc_no_text"} <= set(read(run_dir / "metrics.json"))
     assert result.stdout.count("Run directory:") == 1
+
+
+def test_aux_text_under_ddp(tmp_path):
+    """aux_text with held-out classes under DDP (2 CPU processes): every trained parameter is
+    used in every step, the frozen descriptions are encoded on each process, and the zero-shot
+    test metrics come from every test item once."""
+    run_dir = tmp_path / "aux-ddp"
+    result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "experiment=aux_text_shapes",
+                      "debug=limit", "logger=csv", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read(run_dir / "run.json")
+    assert record["status"] == "completed" and record["device"]["world_size"] == 2
+    assert record["descriptions"]["source"] == "file"
+    metrics = read(run_dir / "metrics.json")
+    assert {"test/acc", "test/acc_seen", "test/acc_unseen", "test/acc_hm"} <= set(metrics)
+    assert (run_dir / "figures" / "test_explanations.json").is_file()

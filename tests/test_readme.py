@@ -19,7 +19,7 @@ from conftest import ROOT, compose, run_cli
 pytestmark = pytest.mark.slow
 
 ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate"}
-NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT")
+NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT", "gpt2")
 
 
 def readme_commands() -> list[str]:

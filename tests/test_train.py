@@ -40,6 +40,8 @@ def test_every_experiment_runs_with_fast_dev_run(make_cfg, tmp_path, experiment)
         expected.add("test/exact_match")
     if experiment.startswith("fusion"):
         expected.add("test/acc_no_text")
+    if experiment == "aux_text_shapes":  # classes held out of training
+        expected |= {"test/acc_seen", "test/acc_unseen", "test/acc_hm", "test/acc_unseen_zsl"}
     assert expected <= set(metrics)
     record = read(tmp_path / "run" / "run.json")
     assert record["status"] == "completed" and record["choices"]["experiment"] == experiment

@@ -62,7 +62,9 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
         extra["descriptions"] = descriptions
     if "classes" in cfg.strategy and cfg.strategy.classes is None:
         extra["classes"] = list(datamodule.classes)
-    return datamodule, instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
+    model = instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
+    datamodule.use_tokenizer(tokenizer, getattr(model, "text_keys", ()))  # what it reads per batch
+    return datamodule, model
 
 
 def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):

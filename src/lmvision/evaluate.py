@@ -19,8 +19,8 @@ from lmvision.cli import run_task
 from lmvision.config import config_dir
 
 # Sections of the training config that define what was trained (and so what to rebuild).
-MODEL_SECTIONS = ("data", "strategy", "backbone", "head", "text_encoder", "fusion", "optimizer",
-                  "scheduler", "seed")
+MODEL_SECTIONS = ("data", "strategy", "backbone", "head", "text_encoder", "fusion", "descriptions",
+                  "optimizer", "scheduler", "seed")
 TAG_GROUPS = ("strategy", "data", "backbone")  # the W&B tags of a training run
 
 

@@ -139,10 +139,12 @@ class ImageDataModule(pl.LightningDataModule):
                 "shots_per_class": self.shots_per_class,
                 "items": {name: len(index) for name, index in self.split.items()}}
 
-    def use_tokenizer(self, tokenizer: Any | None) -> None:
-        """Tokenise ``text``/``caption`` with ``tokenizer`` in every batch from now on."""
+    def use_tokenizer(self, tokenizer: Any | None, keys: Sequence[str] = ()) -> None:
+        """Tokenise the ``tokenize_keys`` fields, and ``keys`` (those a strategy needs), with
+        ``tokenizer`` in every batch from now on."""
         self.tokenizer = tokenizer
-        self.collate = BatchCollator(tokenizer, self.max_text_length, self.tokenize_keys)
+        keys = tuple(self.tokenize_keys) + tuple(k for k in keys if k not in self.tokenize_keys)
+        self.collate = BatchCollator(tokenizer, self.max_text_length, keys)
 
     def texts(self, key: str = "text") -> list[str]:
         """The ``text`` (or ``caption``) string of every item, in dataset order."""

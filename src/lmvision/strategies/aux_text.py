@@ -74,6 +74,9 @@ class AuxTextStrategy(ClassificationStrategy):
         self.description_texts, self.description_owners = texts, torch.tensor(owners)
         net.set_descriptions(texts, owners, tokenizer, max_text_length)
         self.max_text_length = max_text_length
+        # batches carry tokenised captions only when a trained text encoder reads them
+        tuned = not net.text_encoder.frozen
+        self.text_keys = ("caption",) if self.contrastive_weight > 0 and tuned else ()
         self._captions: TextFeatureCache | None = None
         self._image_features: torch.Tensor | None = None
         self._examples: list[dict] = []
@@ -96,9 +99,6 @@ class AuxTextStrategy(ClassificationStrategy):
         if self._captions is not None:
             features = self._captions.lookup(batch["index"])["text"]
         else:
-            if "caption_ids" not in batch:
-                raise UserError("strategy.contrastive_weight > 0 with a trained text encoder reads "
-                                "tokenised captions: keep caption in data.datamodule.tokenize_keys")
             features = self.net.text_encoder(batch["caption_ids"], batch["caption_mask"])
         return F.normalize(features, dim=-1)
 
