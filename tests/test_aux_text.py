@@ -89,8 +89,8 @@ def test_zero_shot_run_records_descriptions_explanations_and_beats_chance(make_c
     """A short real run: unseen colour-shape combinations are recognised from their
     descriptions far above chance (1 in 6 among the unseen classes)."""
     out = tmp_path / "run"
-    metrics = train(make_cfg("experiment=aux_text_shapes", "data.num_images=1500",
-                             "trainer.max_epochs=4", "logger=csv",
+    metrics = train(make_cfg("experiment=aux_text_shapes", "data.num_images=3000",
+                             "trainer.max_epochs=5", "logger=csv",
                              "callbacks.progress_bar.refresh_rate=0"))
     assert ZERO_SHOT <= set(metrics)
     assert metrics["test/acc_seen"] >= 0.7, metrics
@@ -137,6 +137,48 @@ def test_the_caption_contrastive_loss(make_cfg):
         metrics["val/classification"] + 0.5 * metrics["val/contrastive"], rel=1e-4)
 
 
+@pytest.mark.parametrize("freeze", ["all", "none"])
+def test_the_contrastive_term_is_clip_infonce_on_the_captions(make_cfg, freeze):
+    """The term matches CLIP's symmetric InfoNCE between the batch's images and captions, read
+    from the cache (frozen encoder) or encoded from the batch's tokens (tuned encoder)."""
+    from lmvision.build import data_and_model
+
+    cfg = make_cfg("strategy=aux_text", "data.num_images=120", "strategy.contrastive_weight=1.0",
+                   f"text_encoder.freeze={freeze}", "data.datamodule.tokenize_keys=[]")
+    datamodule, model = data_and_model(cfg)
+    assert model.text_keys == (() if freeze == "all" else ("caption",))
+
+    class Trainer:
+        pass
+
+    model.trainer = Trainer()
+    model.trainer.datamodule = datamodule
+    model.setup("fit")
+    if freeze == "all":  # what on_fit_start does for a frozen encoder: encode captions once
+        from lmvision.text.feature_cache import TextFeatureCache
+
+        model._captions = TextFeatureCache(model.net.text_encoder, model.tokenizer,
+                                           datamodule.texts("caption"), with_tokens=False)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert ("caption_ids" in batch) == (freeze == "none")
+    model.eval()  # no dropout: the two computations below see the same network
+    with torch.no_grad():
+        losses = model.step(batch, "val")
+        images = model.net.image_features(batch["image"])
+    strings = [datamodule.texts("caption")[i] for i in batch["index"].tolist()]
+    encoded = model.tokenizer(strings, padding=True, truncation=True, max_length=64,
+                              return_tensors="pt")
+    with torch.no_grad():
+        captions = F.normalize(model.net.text_encoder(encoded["input_ids"],
+                                                      encoded["attention_mask"]), dim=-1)
+        logits = model.net.scale * images @ captions.T
+        target = torch.arange(len(logits))
+        expected = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    assert losses["contrastive"] == pytest.approx(float(expected), rel=1e-4)
+    assert losses["loss"] == pytest.approx(float(losses["classification"] + expected), rel=1e-4)
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["data.target=attributes"], "needs single-label data"),
     (["descriptions.path=digits"], "classes and descriptions must match one to one by name"),
@@ -163,3 +205,47 @@ def test_language_model_descriptions_through_the_config(make_cfg, tmp_path, tiny
     assert stored == read(tmp_path / "second" / "descriptions.json") | {
         "provenance": stored["provenance"]}
     assert all(len(v) == 2 for v in stored["phrases"].values())
+
+
+def test_eval_keeps_the_trained_holdout_and_can_ask_for_other_descriptions(make_cfg, tmp_path):
+    train(make_cfg("experiment=aux_text_shapes", "data.num_images=600", "logger=csv",
+                   "debug=limit", "trainer.limit_test_batches=1.0", "seed=1",
+                   output_dir=tmp_path / "a"))
+    best = read(tmp_path / "a" / "run.json")["checkpoints"]["best"]
+    # another seed draws other held-out classes: its "unseen" metrics would be meaningless
+    overrides = [f"ckpt_path={best}", "seed=2"]
+    with pytest.raises(UserError, match="trained with held-out classes"):
+        evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e1"),
+                 overrides=overrides)
+    assert read(tmp_path / "e1" / "run.json")["status"] == "failed"
+    # the same checkpoint scored with the class-name control instead of its descriptions
+    overrides = [f"ckpt_path={best}", "descriptions=class_name"]
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e2"),
+                       overrides=overrides)
+    assert read(tmp_path / "e2" / "run.json")["descriptions"]["source"] == "class_name"
+    assert ZERO_SHOT <= set(metrics)
+
+
+def test_mean_score_trains_after_a_sanity_validation(make_cfg):
+    """The frozen description vectors first computed under validation's inference mode are
+    still usable by training steps."""
+    metrics = train(make_cfg("strategy=aux_text", "data.num_images=300", "logger=csv",
+                             "debug=limit", "strategy.net.scoring=mean_score",
+                             "trainer.num_sanity_val_steps=1"))
+    assert "test/acc" in metrics
+
+
+def test_a_data_config_without_a_description_bank(make_cfg, tmp_path):
+    """Strategies that read no descriptions do not need one; aux_text says what to give."""
+    from omegaconf import open_dict
+
+    for strategy in ("image_classifier", "aux_text"):
+        cfg = make_cfg(f"strategy={strategy}", "data.num_images=300", "logger=csv", "debug=fdr",
+                       output_dir=tmp_path / strategy)
+        with open_dict(cfg):
+            del cfg.data["descriptions"]
+        if strategy == "image_classifier":
+            assert "test/acc" in train(cfg)
+        else:
+            with pytest.raises(UserError, match="descriptions.path is not set"):
+                train(cfg)

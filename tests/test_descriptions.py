@@ -91,6 +91,13 @@ def test_bad_description_files(tmp_path, content, match):
         FileDescriptions(str(path))(["cat"])
 
 
+def test_a_file_that_is_not_text(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("caf\xe9: [round]\n".encode("latin-1"))
+    with pytest.raises(UserError, match="latin1.yaml: not UTF-8 text"):
+        FileDescriptions(str(path))(["cat"])
+
+
 def test_missing_file_lists_the_shipped_banks():
     with pytest.raises(UserError, match="no such file, and not a shipped bank.*cifar10"):
         FileDescriptions("/nowhere/descriptions.yaml")(["cat"])
@@ -176,5 +183,9 @@ def test_language_model_errors():
         LanguageModelDescriptions("gpt2", prompt="Describe it")
     with pytest.raises(UserError, match="num_per_class=0"):
         LanguageModelDescriptions("gpt2", num_per_class=0)
+    with pytest.raises(UserError, match="descriptions.device='gpu'"):
+        LanguageModelDescriptions("gpt2", device="gpu")
+    with pytest.raises(UserError, match="top_p"):
+        LanguageModelDescriptions("gpt2", top_p=1.5)
     with pytest.raises(UserError, match="descriptions.name_or_path='/no/such/model'"):
         LanguageModelDescriptions("/no/such/model", cache_dir="/tmp/unused").generate(["cat"])

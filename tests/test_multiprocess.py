@@ -128,12 +128,21 @@ def test_aux_text_under_ddp(tmp_path):
     test metrics come from every test item once."""
     run_dir = tmp_path / "aux-ddp"
     result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "experiment=aux_text_shapes",
-                      "debug=limit", "logger=csv", f"hydra.run.dir={run_dir}"],
+                      "debug=limit", "trainer.limit_test_batches=1.0", "logger=csv",
+                      f"hydra.run.dir={run_dir}"],
                      cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read(run_dir / "run.json")
     assert record["status"] == "completed" and record["device"]["world_size"] == 2
     assert record["descriptions"]["source"] == "file"
     metrics = read(run_dir / "metrics.json")
-    assert {"test/acc", "test/acc_seen", "test/acc_unseen", "test/acc_hm"} <= set(metrics)
     assert (run_dir / "figures" / "test_explanations.json").is_file()
+    # the same checkpoint tested by one process gives the same metrics (each item once)
+    out = tmp_path / "eval"
+    done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={record['tested_checkpoint']}",
+                    "trainer=cpu", "debug=limit", "trainer.limit_test_batches=1.0",
+                    f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = read(out / "metrics.json")
+    for key in ("test/acc", "test/acc_seen", "test/acc_unseen", "test/acc_hm", "test/acc_unseen_zsl"):
+        assert metrics[key] == pytest.approx(single[key], abs=1e-6), key

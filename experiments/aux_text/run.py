@@ -82,7 +82,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         def run(job):
             key, seed, overrides = job
-            run_dir = Path(tmp) / f"{'-'.join(key)}-{seed}"
+            name = "-".join(key).replace(",", "").replace(" ", "_")
+            run_dir = Path(tmp) / f"{name}-{seed}"
             r = studies.train([*overrides, f"seed={seed}"], run_dir, env={"OMP_NUM_THREADS": "1"})
             shown = {k: round(v, 4) for k, v in r.items() if k.startswith("test/acc")}
             print(f"{' '.join(key):32s} seed {seed}: {shown} ({r['fit_seconds']:.0f} s)", flush=True)

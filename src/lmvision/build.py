@@ -59,6 +59,7 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
     if "descriptions" in cfg.strategy and cfg.strategy.descriptions is None:
         if descriptions is None:
             descriptions = instantiate(cfg.descriptions)(datamodule.classes)
+            descriptions.config = descriptions_config(cfg)
         extra["descriptions"] = descriptions
     if "classes" in cfg.strategy and cfg.strategy.classes is None:
         extra["classes"] = list(datamodule.classes)
@@ -127,18 +128,42 @@ def record_descriptions(model: Any, record: Any, out: Path) -> None:
     record.update(descriptions=descriptions.provenance)
 
 
+def descriptions_config(cfg: DictConfig) -> dict:
+    """The resolved ``descriptions`` config, without the options that only say where or how
+    descriptions are computed (a cache directory, a device), not what they are."""
+    config = OmegaConf.to_container(cfg.descriptions, resolve=True)
+    for key in ("cache_dir", "device", "wait_seconds", "batch_size"):
+        config.pop(key, None)
+    return config
+
+
 def stored_descriptions(checkpoint: dict | None, cfg: DictConfig) -> Any | None:
     """The class descriptions a checkpoint carries (what the run was trained with), when this
-    run reads descriptions and does not choose other ones than the checkpoint's run did."""
+    run reads descriptions and asks for the same ones (the same resolved ``descriptions``
+    config); a run that asks for other descriptions builds them."""
     from lmvision.text.descriptions import Descriptions
 
     if (not checkpoint or "lmvision_descriptions" not in checkpoint
             or "descriptions" not in cfg.strategy):
         return None
-    stored = checkpoint.get("lmvision_config", {}).get("descriptions")
-    if stored is not None and stored != OmegaConf.to_container(cfg.descriptions, resolve=False):
+    stored = Descriptions.from_state(checkpoint["lmvision_descriptions"])
+    if stored.config is not None and stored.config != descriptions_config(cfg):
         return None  # this run asks for other descriptions
-    return Descriptions.from_state(checkpoint["lmvision_descriptions"])
+    return stored
+
+
+def check_holdout(checkpoint: dict | None, datamodule: Any, option: str) -> None:
+    """Refuse to resume or evaluate a checkpoint with other held-out classes than it was
+    trained without: its "unseen" metrics would count classes it was trained on."""
+    if not checkpoint or "lmvision_unseen_classes" not in checkpoint:
+        return
+    trained = list(checkpoint["lmvision_unseen_classes"])
+    now = [datamodule.classes[i] for i in getattr(datamodule, "unseen_classes", [])]
+    if trained != now:
+        raise UserError(
+            f"{option}: the checkpoint was trained with held-out classes "
+            f"[{', '.join(trained) or 'none'}] but data.holdout_classes and seed now give "
+            f"[{', '.join(now) or 'none'}]; use the training run's seed and data.holdout_classes")
 
 
 def stored_tokenizer(checkpoint: dict | None, cfg: DictConfig, choices: dict[str, str]) -> Any | None:

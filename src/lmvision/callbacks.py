@@ -37,6 +37,9 @@ class RunState(Callback):
         tokenizer = getattr(pl_module, "tokenizer", None)
         if tokenizer is not None:
             checkpoint["lmvision_tokenizer"] = tokenizer_state(tokenizer)
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "class_split"):  # zero-shot runs
+            checkpoint["lmvision_unseen_classes"] = datamodule.class_split["unseen_classes"]
         descriptions = getattr(pl_module, "descriptions", None)
         if descriptions is not None:  # what the run trained with (a language model's text too)
             checkpoint["lmvision_descriptions"] = descriptions.state()

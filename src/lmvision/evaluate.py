@@ -58,6 +58,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, f
         build.record_descriptions(model, record, out)
         checkpoints.check_fits(checkpoint, model, cfg.ckpt_path, "ckpt_path",
                                cfg.strategy._target_, choices)
+        build.check_holdout(checkpoint, datamodule, "ckpt_path")
         if "wandb" in (cfg.get("logger") or {}):  # dashboards group evals with their training
             cfg.logger.wandb.tags = [choices[g] for g in TAG_GROUPS if g in choices]
             cfg.logger.wandb.group = trained_with.get("experiment") or choices.get("strategy")

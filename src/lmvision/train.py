@@ -68,6 +68,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if stored is not None:
             checkpoints.check_fits(stored, model, ckpt_path, "ckpt_path", cfg.strategy._target_,
                                    choices)
+            build.check_holdout(stored, datamodule, "ckpt_path")
         if init is not None:
             loaded = checkpoints.load_weights(model.net, init, cfg.init_from,
                                               cfg.get("init_from_prefix"))

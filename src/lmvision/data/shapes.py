@@ -51,7 +51,7 @@ GENERATOR_VERSION = 1  # bump when rendering changes: it invalidates caches
 # Hue band (degrees) shown in the image for each colour pair; both names of a pair share it.
 _PAIR_HUES = {"red": (0.0, 28.0), "green": (115.0, 160.0), "blue": (215.0, 265.0)}
 _PAIRED_BANDS = {c: _PAIR_HUES[pair[0]] for pair in spec.COLOR_PAIRS for c in pair}
-# colors="distinct": one band per colour, at least 20 degrees from its neighbours
+# colors="distinct": one band per colour, at least 18 degrees from its neighbours
 _DISTINCT_BANDS = {"red": (-8.0, 8.0), "orange": (26.0, 38.0), "green": (100.0, 130.0),
                    "teal": (168.0, 186.0), "blue": (218.0, 240.0), "purple": (272.0, 295.0)}
 _COLOR_BANDS = {"paired": _PAIRED_BANDS, "distinct": _DISTINCT_BANDS}

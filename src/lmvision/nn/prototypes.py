@@ -50,6 +50,8 @@ class PrototypeClassifier(nn.Module):
         if scoring not in SCORINGS:
             raise UserError(f"strategy.net.scoring must be one of {', '.join(SCORINGS)}, "
                             f"got {scoring!r}")
+        if hidden_dim is not None and (isinstance(hidden_dim, bool) or hidden_dim < 1):
+            raise UserError(f"strategy.net.hidden_dim must be null or at least 1, got {hidden_dim}")
         if not init_temperature > 0:
             raise UserError(f"strategy.net.init_temperature must be > 0, got {init_temperature}")
         self.image_encoder, self.text_encoder, self.scoring = image_encoder, text_encoder, scoring
@@ -93,13 +95,15 @@ class PrototypeClassifier(nn.Module):
         frozen = self.text_encoder.frozen
         if frozen and self._frozen_features is not None and self._frozen_features.device == device:
             return self._frozen_features
-        ids = self._descriptions["ids"].to(device)
-        mask = self._descriptions["mask"].to(device)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            features = F.normalize(self.text_encoder(ids, mask), dim=-1)
-        if frozen:
-            self._frozen_features = features
-        return features
+        ids, mask = self._descriptions["ids"], self._descriptions["mask"]
+        if not frozen:
+            return F.normalize(self.text_encoder(ids.to(device), mask.to(device)), dim=-1)
+        # cached for later steps: a normal tensor even when first computed under validation's
+        # inference mode (an inference tensor cannot be used by a training step's backward)
+        with torch.inference_mode(False), torch.no_grad():
+            features = self.text_encoder(ids.to(device), mask.to(device))
+            self._frozen_features = F.normalize(features, dim=-1)
+        return self._frozen_features
 
     def projection_device(self) -> torch.device:
         return next(self.projection.parameters()).device

@@ -59,6 +59,10 @@ class AuxTextStrategy(ClassificationStrategy):
             raise UserError("strategy=aux_text needs a tokenizer, descriptions and class names; "
                             "the entry points build them from text_encoder=, descriptions= and "
                             "the data")
+        if isinstance(max_text_length, bool) or not isinstance(max_text_length, int) \
+                or max_text_length < 1:
+            raise UserError(f"strategy.max_text_length must be a whole number >= 1, "
+                            f"got {max_text_length!r}")
         if not contrastive_weight >= 0:
             raise UserError(f"strategy.contrastive_weight must be >= 0, got {contrastive_weight}")
         if list(descriptions.by_class) != list(classes):
@@ -82,13 +86,17 @@ class AuxTextStrategy(ClassificationStrategy):
         self._examples: list[dict] = []
 
     # -- captions -----------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.contrastive_weight > 0 \
+                and not any(self.trainer.datamodule.texts("caption")):
+            raise UserError("strategy.contrastive_weight > 0 needs captions, and this dataset "
+                            "has none; set strategy.contrastive_weight=0")
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.contrastive_weight > 0:
             datamodule = self.trainer.datamodule
-            if not any(datamodule.texts("caption")):
-                raise UserError("strategy.contrastive_weight > 0 needs captions, and this "
-                                "dataset has none; set strategy.contrastive_weight=0")
             if self.net.text_encoder.frozen and self._captions is None:
                 self._captions = TextFeatureCache(self.net.text_encoder, self.tokenizer,
                                                   datamodule.texts("caption"), with_tokens=False,

@@ -48,6 +48,8 @@ class ClassificationStrategy(Strategy):
             seen = torch.ones(self.num_classes, dtype=torch.bool)
             seen[unseen] = False
             self.register_buffer("seen_classes", seen, persistent=False)
+            # label -> its column among the seen classes (the training loss has only those)
+            self.register_buffer("seen_column", seen.long().cumsum(0) - 1, persistent=False)
 
     def logits(self, batch: dict) -> torch.Tensor:
         """(B, K) class scores of a batch."""
@@ -56,10 +58,14 @@ class ClassificationStrategy(Strategy):
     def step(self, batch: dict, split: str) -> dict[str, torch.Tensor]:
         logits = self.logits(batch)
         labels = batch["label"]
-        if split == "train" and self.holdout is not None:  # held-out classes are not trained on
-            logits = logits.masked_fill(~self.seen_classes, float("-inf"))
         if self.task == "multilabel":
             loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        elif split == "train" and self.holdout is not None:
+            # held-out classes are not trained on: neither the loss nor its label smoothing
+            # sees them, and training accuracy predicts among the seen classes
+            loss = F.cross_entropy(logits[:, self.seen_classes], self.seen_column[labels],
+                                   label_smoothing=self.label_smoothing)
+            logits = logits.masked_fill(~self.seen_classes, float("-inf"))
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.metrics[split].update(logits.detach(), self.targets(batch))

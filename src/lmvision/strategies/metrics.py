@@ -87,11 +87,13 @@ class HoldoutAccuracy(Metric):
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         unseen = self.unseen.to(logits.device)
-        hit = (logits.argmax(1) == labels).float()
+        hit = logits.argmax(1) == labels
         zsl = logits.masked_fill(~unseen, float("-inf")).argmax(1) == labels
-        self.total += torch.bincount(labels, minlength=len(self.total)).float()
-        self.correct += torch.bincount(labels, weights=hit, minlength=len(self.total))
-        self.correct_zsl += torch.bincount(labels, weights=zsl.float(), minlength=len(self.total))
+        # index_add_ rather than bincount with weights: deterministic on CUDA too
+        ones = torch.ones_like(labels, dtype=self.total.dtype)
+        self.total.index_add_(0, labels, ones)
+        self.correct.index_add_(0, labels, hit.to(ones.dtype))
+        self.correct_zsl.index_add_(0, labels, zsl.to(ones.dtype))
 
     def compute(self) -> dict[str, torch.Tensor]:
         present = self.total > 0

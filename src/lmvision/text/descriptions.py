@@ -60,13 +60,16 @@ class Descriptions:
         by_class: ``{class name: [text, ...]}`` (what the text encoder reads).
         phrases: ``{class name: [phrase, ...]}`` before the template (what was written).
         provenance: Where they came from (source, file or model, prompt, settings...).
+        config: The resolved ``descriptions`` config that built them (set by the entry point),
+            so that a resumed or evaluated run knows whether it asks for the same ones.
     """
 
     def __init__(self, by_class: dict[str, list[str]], phrases: dict[str, list[str]] | None = None,
-                 provenance: dict[str, Any] | None = None) -> None:
+                 provenance: dict[str, Any] | None = None, config: dict | None = None) -> None:
         self.by_class = by_class
         self.phrases = phrases or {}
         self.provenance = provenance or {}
+        self.config = config
 
     def flat(self) -> tuple[list[str], list[int]]:
         """Every text, and the index of its class (in ``by_class`` order)."""
@@ -78,12 +81,13 @@ class Descriptions:
 
     def state(self) -> dict[str, Any]:
         """Plain containers, as stored in checkpoints."""
-        return {"by_class": self.by_class, "phrases": self.phrases, "provenance": self.provenance}
+        return {"by_class": self.by_class, "phrases": self.phrases, "provenance": self.provenance,
+                "config": self.config}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "Descriptions":
         return cls(dict(state["by_class"]), dict(state.get("phrases") or {}),
-                   dict(state.get("provenance") or {}))
+                   dict(state.get("provenance") or {}), state.get("config"))
 
 
 def display_name(class_name: str) -> str:
@@ -155,11 +159,16 @@ class FileDescriptions:
         template: How a phrase becomes a text, with ``{class_name}`` and ``{description}``.
     """
 
-    def __init__(self, path: str, template: str = TEMPLATE) -> None:
-        self.path, self.template = str(path), template
+    def __init__(self, path: str | None, template: str = TEMPLATE) -> None:
+        self.path, self.template = path, template
 
     def resolve(self) -> Path:
         """The file ``path`` names."""
+        if self.path is None:
+            raise UserError("descriptions.path is not set and the data config names no shipped "
+                            "bank (data.descriptions): give descriptions.path=<file.yaml|json> "
+                            f"or one of {', '.join(shipped_banks())}")
+        self.path = str(self.path)
         shipped = BANKS / f"{self.path}.yaml"
         if "/" not in self.path and "." not in self.path and shipped.is_file():
             return shipped
@@ -171,8 +180,8 @@ class FileDescriptions:
 
     def __call__(self, classes: Sequence[str]) -> Descriptions:
         file = self.resolve()
-        text = file.read_text(encoding="utf-8")
         try:
+            text = file.read_text(encoding="utf-8")
             if file.suffix == ".json":
                 raw = json.loads(text)
             elif file.suffix in (".yaml", ".yml"):
@@ -181,6 +190,9 @@ class FileDescriptions:
                 raw = yaml.safe_load(text)
             else:
                 raise UserError(f"descriptions.path={file}: expected a .yaml, .yml or .json file")
+        except UnicodeDecodeError as err:
+            raise UserError(f"descriptions.path={file}: not UTF-8 text ({err.reason} at byte "
+                            f"{err.start})") from err
         except json.JSONDecodeError as err:
             raise UserError(f"descriptions.path={file}: not valid JSON (line {err.lineno}: "
                             f"{err.msg})") from err
@@ -260,7 +272,9 @@ class LanguageModelDescriptions:
     The cache file is ``<cache_dir>/<hash>.json``, the hash taken over the model (name or
     path, revision; for a local directory also its files' sizes and times), the prompt, the
     generation settings and the classes. It holds the descriptions and their provenance; a
-    second call with the same inputs reads it and never loads the model.
+    second call with the same inputs reads it and never loads the model. Under a
+    multi-process launch only the process of global rank 0 generates; the others wait for its
+    cache file.
 
     Args:
         name_or_path: A hub model id (e.g. ``gpt2``) or a local directory.
@@ -278,7 +292,8 @@ class LanguageModelDescriptions:
         seed: Seed of the sampling.
         cache_dir: Where generated descriptions are cached.
         template: As in :class:`FileDescriptions`.
-        device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        device: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:<n>``.
+        wait_seconds: How long a process of rank > 0 waits for rank 0's cache file.
     """
 
     def __init__(self, name_or_path: str, revision: str | None = None, prompt: str = DEFAULT_PROMPT,
@@ -286,7 +301,8 @@ class LanguageModelDescriptions:
                  temperature: float = 0.7, top_k: int = 0, top_p: float = 0.95,
                  answers_per_round: int = 2, max_rounds: int = 5, batch_size: int = 8,
                  seed: int = 0, cache_dir: str | os.PathLike = "~/.cache/lmvision/descriptions",
-                 template: str = TEMPLATE, device: str = "auto") -> None:
+                 template: str = TEMPLATE, device: str = "auto",
+                 wait_seconds: float = 3600.0) -> None:
         if "{class_name}" not in prompt:
             raise UserError("descriptions.prompt must contain {class_name}")
         for option, value in (("num_per_class", num_per_class), ("max_new_tokens", max_new_tokens),
@@ -296,13 +312,19 @@ class LanguageModelDescriptions:
                 raise UserError(f"descriptions.{option}={value!r}: expected a whole number >= 1")
         if do_sample and not temperature > 0:
             raise UserError(f"descriptions.temperature={temperature!r}: must be > 0 when sampling")
+        if not 0 < top_p <= 1 or top_k < 0:
+            raise UserError(f"descriptions.top_p must be in (0, 1] and top_k >= 0, got top_p="
+                            f"{top_p!r}, top_k={top_k!r}")
+        if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+            raise UserError(f"descriptions.device={device!r}: choose auto, cpu, cuda or cuda:<n>")
         self.name_or_path, self.revision, self.prompt = str(name_or_path), revision, prompt
         self.settings = {"num_per_class": num_per_class, "max_new_tokens": max_new_tokens,
                          "do_sample": bool(do_sample), "temperature": float(temperature),
                          "top_k": int(top_k), "top_p": float(top_p),
                          "answers_per_round": answers_per_round, "max_rounds": max_rounds,
                          "seed": int(seed)}
-        self.batch_size, self.template, self.device = batch_size, template, device
+        self.batch_size, self.template, self.device = batch_size, template, str(device)
+        self.wait_seconds = float(wait_seconds)
         self.cache_dir = Path(cache_dir).expanduser()
 
     # -- cache --------------------------------------------------------------------------------
@@ -324,11 +346,16 @@ class LanguageModelDescriptions:
     def __call__(self, classes: Sequence[str]) -> Descriptions:
         from lmvision.files import read_json, write_json
 
+        from lmvision.runs import is_rank_zero
+
         file = self.cache_file(classes)
+        if not file.is_file() and not is_rank_zero():
+            wait_for(file, self.wait_seconds)  # rank 0 writes it: every process reads the same
         cached = read_json(file) if file.is_file() else None
         if cached and "phrases" in cached:
             phrases = match_classes(cached["phrases"], classes, f"description cache {file}")
-            provenance = {**cached["provenance"], "cache_file": str(file), "cache_hit": True}
+            provenance = {**cached["provenance"], "template": self.template,
+                          "cache_file": str(file), "cache_hit": True}
         else:
             phrases, provenance = self.generate(list(classes))
             write_json(file, {"provenance": provenance, "phrases": phrases})
@@ -351,20 +378,25 @@ class LanguageModelDescriptions:
                                 "descriptions.name_or_path", **kwargs)
         device = self.device if self.device != "auto" else (
             "cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"descriptions.device={self.device!r}: no CUDA device here")
         model.to(device).eval()
         tokenizer.padding_side = "left"  # a decoder continues the prompt's last token
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         s = self.settings
+        # greedy decoding writes the same answer every time: one answer, one round
+        rounds, per_round = ((s["max_rounds"], s["answers_per_round"]) if s["do_sample"] else (1, 1))
         found: dict[str, list[str]] = {c: [] for c in classes}
-        with torch.random.fork_rng(devices=[]):  # leave the run's random state alone
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):  # leave the run's random state alone
             torch.manual_seed(s["seed"])
-            for _ in range(s["max_rounds"]):
+            for _ in range(rounds):
                 todo = [c for c in classes if len(found[c]) < s["num_per_class"]]
                 if not todo:
                     break
                 prompts = [(c, self.prompt.format(class_name=display_name(c)))
-                           for c in todo for _ in range(s["answers_per_round"])]
+                           for c in todo for _ in range(per_round)]
                 for start in range(0, len(prompts), self.batch_size):
                     chunk = prompts[start:start + self.batch_size]
                     answers = self._complete(model, tokenizer, [p for _, p in chunk], device)
@@ -372,15 +404,21 @@ class LanguageModelDescriptions:
                         for item in parse_list(answer):
                             if item not in found[c] and len(found[c]) < s["num_per_class"]:
                                 found[c].append(item)
+        resolved_revision = getattr(model.config, "_commit_hash", None)
+        del model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()  # give the language model's memory back to training
         short = {c: len(v) for c, v in found.items() if len(v) < s["num_per_class"]}
         if short:
+            advice = ("raise max_rounds or max_new_tokens" if s["do_sample"]
+                      else "sample (do_sample=true) or raise max_new_tokens")
             raise UserError(
-                f"descriptions.name_or_path={self.name_or_path!r}: after {s['max_rounds']} rounds "
+                f"descriptions.name_or_path={self.name_or_path!r}: after {rounds} round(s) "
                 f"the model wrote fewer than {s['num_per_class']} usable descriptions for "
-                f"{_names([f'{c} ({n})' for c, n in short.items()])}; raise max_rounds or "
-                "max_new_tokens, lower num_per_class, or change the prompt")
+                f"{_names([f'{c} ({n})' for c, n in short.items()])}; {advice}, lower "
+                "num_per_class, or change the prompt")
         provenance = {"source": "language_model", "model": self.model_identity(),
-                      "resolved_revision": getattr(model.config, "_commit_hash", None),
+                      "resolved_revision": resolved_revision,
                       "prompt": self.prompt, "settings": s, "classes": classes,
                       "template": self.template,
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -397,6 +435,18 @@ class LanguageModelDescriptions:
             out = model.generate(**enc, max_new_tokens=s["max_new_tokens"],
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
         return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def wait_for(file: Path, seconds: float) -> None:
+    """Wait until ``file`` exists (another process writes it); a UserError after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not file.is_file():
+        if time.monotonic() > deadline:
+            raise UserError(f"waited {seconds:.0f} s for rank 0 to write the description cache "
+                            f"{file}; did rank 0 fail?")
+        time.sleep(1.0)
 
 
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)]|[a-z][.)])\s*")
