@@ -146,3 +146,18 @@ def test_aux_text_under_ddp(tmp_path):
     single = read(out / "metrics.json")
     for key in ("test/acc", "test/acc_seen", "test/acc_unseen", "test/acc_hm", "test/acc_unseen_zsl"):
         assert metrics[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+def test_pixel_lm_under_ddp(tmp_path):
+    """pixel_lm (class- and caption-conditioned) under DDP: every parameter is used in every
+    step, the palette is fitted identically on each process, the sample grids are drawn once."""
+    run_dir = tmp_path / "pixel-ddp"
+    result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "experiment=pixel_lm_shapes",
+                      "debug=limit", "data.num_images=400", "strategy.samples=4", "logger=csv",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read(run_dir / "run.json")
+    assert record["status"] == "completed" and record["device"]["world_size"] == 2
+    metrics = read(run_dir / "metrics.json")
+    assert {"test/bits_per_dim", "probe/acc_best", "val/bits_per_dim_best"} <= set(metrics)
+    assert len(list((run_dir / "figures").glob("samples_*.png"))) == 4

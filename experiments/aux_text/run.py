@@ -57,7 +57,7 @@ def few_shot_budget(shots: str) -> list[str]:
     every = max(1, epochs // EPOCHS)  # about 8 validations and last.ckpt saves per run
     return [f"data.shots_per_class={shots}", f"data.batch_size={batch}",
             f"trainer.max_epochs={epochs}", f"trainer.check_val_every_n_epoch={every}",
-            f"callbacks.last_checkpoint.every_n_epochs={every}"]
+            f"+callbacks.last_checkpoint.every_n_epochs={every}"]
 
 
 def main() -> int:

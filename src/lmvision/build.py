@@ -53,6 +53,8 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
         tokenizer = instantiate(node)(datamodule.train_texts())
     datamodule.use_tokenizer(tokenizer)
     net: dict[str, Any] = {}
+    if "text_vocab_size" in cfg.strategy.net and cfg.strategy.net.text_vocab_size is None:
+        net["text_vocab_size"] = len(tokenizer)
     if "text_encoder" in cfg.strategy.net and cfg.strategy.net.text_encoder is None:
         net["text_encoder"] = instantiate(cfg.text_encoder.encoder)(tokenizer=tokenizer)
     extra: dict[str, Any] = {}
@@ -65,6 +67,8 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
         extra["classes"] = list(datamodule.classes)
     model = instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
     datamodule.use_tokenizer(tokenizer, getattr(model, "text_keys", ()))  # what it reads per batch
+    if getattr(model, "raw_pixels", False):  # it models pixel values: no normalisation
+        datamodule.use_raw_pixels()
     return datamodule, model
 
 

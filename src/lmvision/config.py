@@ -29,6 +29,7 @@ def register_resolvers() -> None:
     strategy can interpolate `${data.num_classes}` without anyone instantiating the data.
     """
     resolvers = {
+        "lmv.choose": choose,
         "lmv.num_classes": spec.num_classes,
         "lmv.task": spec.task,
         "lmv.minilm_path": minilm_path,
@@ -36,6 +37,17 @@ def register_resolvers() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def choose(option, key, *pairs):
+    """``${lmv.choose:strategy.stage,${.stage},pretrain,A,finetune,B}``: the value paired with
+    the value of ``option``."""
+    table = dict(zip(pairs[::2], pairs[1::2]))
+    if key not in table:
+        from lmvision.errors import UserError
+
+        raise UserError(f"{option}={key!r}: choose one of {', '.join(map(str, table))}")
+    return table[key]
 
 
 register_resolvers()

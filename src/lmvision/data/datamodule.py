@@ -132,6 +132,20 @@ class ImageDataModule(pl.LightningDataModule):
             warnings.warn(message, SplitWarning, stacklevel=2)
         self.data_train = self.data_val = self.data_test = None
 
+    def use_raw_pixels(self) -> None:
+        """Serve images as floats in [0, 1] in every split: no normalisation and no training
+        augmentation (a strategy that models pixel values, such as ``pixel_lm``, asks for it)."""
+        if self.data_train is not None:
+            raise RuntimeError("use_raw_pixels() must come before setup()")
+        raw = v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+        self.train_transform = self.eval_transform = raw
+        self.mean, self.std = [0.0] * self.channels, [1.0] * self.channels
+
+    def train_images(self, limit: int | None = None) -> torch.Tensor:
+        """Images of the training split as served (no augmentation), at most ``limit``."""
+        index = self.split["train"][:limit]
+        return torch.stack([self.eval_transform(self.dataset[int(i)]["image"]) for i in index])
+
     @property
     def class_split(self) -> dict[str, Any]:
         """What the run record says about held-out classes and few-shot training."""

@@ -37,21 +37,31 @@ def confusion_matrix_figure(matrix: torch.Tensor, classes: list[str]):
 
 def prediction_grid_figure(images: torch.Tensor, predicted: list[str], actual: list[str], cols: int = 8):
     """A grid of images titled ``predicted (true)``; wrong predictions in red."""
+    titles = [f"{p}\n({a})" for p, a in zip(predicted, actual)]
+    colours = ["black" if p == a else "red" for p, a in zip(predicted, actual)]
+    return image_grid_figure(images, titles, cols, colours, rescale=True)
+
+
+def image_grid_figure(images: torch.Tensor, titles: list[str] | None = None, cols: int = 8,
+                      colours: list[str] | None = None, rescale: bool = False):
+    """A grid of images (B, C, H, W) in [0, 1] (``rescale``: any range, stretched per image)."""
     from matplotlib.figure import Figure
 
     n = len(images)
     rows = max((n + cols - 1) // cols, 1)
-    fig = Figure(figsize=(cols * 1.5, rows * 1.7))
+    fig = Figure(figsize=(cols * 1.5, rows * (1.7 if titles else 1.5)))
     for i in range(n):
         ax = fig.add_subplot(rows, cols, i + 1)
         img = images[i].detach().float().cpu()
-        img = (img - img.min()) / (img.max() - img.min()).clamp(min=1e-8)  # (C, H, W) in [0, 1]
+        if rescale:
+            img = (img - img.min()) / (img.max() - img.min()).clamp(min=1e-8)
+        img = img.clamp(0, 1)  # (C, H, W)
         if img.shape[0] == 1:
-            ax.imshow(img[0].numpy(), cmap="gray")
+            ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
         else:
             ax.imshow(img.permute(1, 2, 0).numpy())
-        ok = predicted[i] == actual[i]
-        ax.set_title(f"{predicted[i]}\n({actual[i]})", fontsize=6, color="black" if ok else "red")
+        if titles:
+            ax.set_title(titles[i], fontsize=6, color=(colours or ["black"] * n)[i])
         ax.axis("off")
     fig.tight_layout()
     return fig

@@ -1,0 +1,250 @@
+"""A GPT-style decoder over palette tokens, with an optional conditioning prefix and a KV cache.
+
+The sequence it reads is ``[prefix] [BOS] pixel_1 ... pixel_{N-1}`` and it predicts
+``pixel_1 ... pixel_N``: one palette token per pixel, in raster order (as Image GPT). The prefix
+holds conditioning tokens: a class token, caption tokens, or both (any of them may be the
+"no condition" token, so one model samples with or without a condition). All token kinds share
+one embedding table: ``[0, V)`` palette colours, ``V`` BOS, then ``C + 1`` class tokens (the
+last means "no class"), then the caption tokenizer's vocabulary.
+
+Attention is ``torch.nn.functional.scaled_dot_product_attention`` (``attention="sdpa"``) or the
+textbook softmax(QKᵀ/√d)V (``attention="naive"``, kept for the speed study and tests). Sampling
+with the KV cache feeds one token per step and attends to cached keys and values; without it,
+every step re-reads the whole sequence. Both give the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmvision.errors import UserError
+
+ATTENTIONS = ("sdpa", "naive")
+
+
+class KVCache:
+    """Keys and values of every layer for sequences of up to ``length`` tokens."""
+
+    def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        shape = (batch, heads, length, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: causal self-attention and an MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float, attention: str) -> None:
+        super().__init__()
+        self.heads, self.attention, self.dropout = heads, attention, dropout
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                start: int = 0) -> torch.Tensor:
+        b, length, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, dim // self.heads) \
+            .permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hd)
+        if cache is not None:
+            cache.keys[layer][:, :, start:start + length] = k
+            cache.values[layer][:, :, start:start + length] = v
+            k = cache.keys[layer][:, :, :start + length]
+            v = cache.values[layer][:, :, :start + length]
+        out = self._attend(q, k, v, start)  # (B, h, L, hd)
+        x = x + self.drop(self.proj(out.transpose(1, 2).reshape(b, length, dim)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+    def _attend(self, q, k, v, start: int) -> torch.Tensor:
+        length, total = q.shape[2], k.shape[2]
+        p = self.dropout if self.training else 0.0
+        mask = None  # queries at positions start..start+L-1 see keys 0..their own position
+        if length > 1 and start > 0:
+            rows = torch.arange(start, start + length, device=q.device).unsqueeze(1)
+            mask = torch.arange(total, device=q.device).unsqueeze(0) <= rows  # (L, T)
+        if self.attention == "sdpa":
+            causal = length > 1 and start == 0
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                                  is_causal=causal)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, L, T)
+        if mask is None and length > 1:
+            mask = torch.ones(length, total, dtype=torch.bool, device=q.device).tril()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return F.dropout(scores.softmax(-1), p, self.training) @ v
+
+
+class PixelGPT(nn.Module):
+    """Decoder-only transformer over palette tokens.
+
+    Args:
+        num_colors: Palette size ``V`` (the output vocabulary).
+        num_pixels: Pixels per image ``N`` (H*W).
+        num_classes: Classes of the class token (0: no class conditioning).
+        caption_tokens: Length of the caption prefix (0: no caption conditioning).
+        text_vocab_size: Vocabulary of the caption tokenizer.
+        dim, depth, heads, mlp_ratio, dropout: Transformer size.
+        attention: ``sdpa`` or ``naive``.
+    """
+
+    def __init__(self, num_colors: int, num_pixels: int, num_classes: int = 0,
+                 caption_tokens: int = 0, text_vocab_size: int = 0, dim: int = 128,
+                 depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 attention: str = "sdpa") -> None:
+        super().__init__()
+        if attention not in ATTENTIONS:
+            raise UserError(f"strategy.net.attention must be one of {', '.join(ATTENTIONS)}, "
+                            f"got {attention!r}")
+        if dim % heads:
+            raise UserError(f"strategy.net.dim={dim} must be a multiple of strategy.net.heads={heads}")
+        if caption_tokens and not text_vocab_size:
+            raise UserError("caption conditioning needs the caption tokenizer's vocabulary size")
+        self.num_colors, self.num_pixels = num_colors, num_pixels
+        self.num_classes, self.caption_tokens = num_classes, caption_tokens
+        self.dim, self.depth, self.heads = dim, depth, heads
+        self.bos = num_colors
+        self.class_offset = num_colors + 1
+        self.text_offset = self.class_offset + (num_classes + 1 if num_classes else 0)
+        vocab = self.text_offset + (text_vocab_size if caption_tokens else 0)
+        self.prefix_length = (1 if num_classes else 0) + caption_tokens
+        self.max_length = self.prefix_length + num_pixels
+        self.embed = nn.Embedding(vocab, dim)
+        self.position = nn.Parameter(torch.zeros(self.max_length, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, dropout, attention)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_colors, bias=False)
+        self.drop = nn.Dropout(dropout)
+        self.reset_parameters(0)
+
+    def reset_parameters(self, seed: int) -> None:
+        """Initialise every weight from ``seed`` (GPT-2's scheme), e.g. for a random-init control."""
+        generator = torch.Generator().manual_seed(int(seed))
+        for name, p in self.named_parameters():
+            if p.ndim >= 2 or name == "position":
+                std = 0.02 / math.sqrt(2 * self.depth) if name.endswith(("proj.weight", "mlp.2.weight")) else 0.02
+                p.data.copy_(torch.randn(p.shape, generator=generator) * std)
+            elif name.endswith("weight"):  # layer norms
+                p.data.fill_(1.0)
+            else:
+                p.data.zero_()
+
+    # -- sequences ----------------------------------------------------------------------------
+    def prefix(self, labels: torch.Tensor | None = None, caption_ids: torch.Tensor | None = None,
+               batch: int | None = None, device=None) -> torch.Tensor:
+        """(B, P) conditioning tokens: ``labels`` (B,) (``-1``: no class) and ``caption_ids``
+        (B, caption_tokens) (``None``: no caption, all padding)."""
+        parts = []
+        if self.num_classes:
+            if labels is None:
+                labels = torch.full((batch,), -1, dtype=torch.long, device=device)
+            labels = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)
+            parts.append((self.class_offset + labels).unsqueeze(1))
+        if self.caption_tokens:
+            if caption_ids is None:
+                caption_ids = torch.zeros(batch, self.caption_tokens, dtype=torch.long, device=device)
+            parts.append(self.text_offset + caption_ids)
+        if not parts:
+            return torch.zeros(batch, 0, dtype=torch.long, device=device)
+        return torch.cat(parts, 1)
+
+    def inputs(self, prefix: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """``[prefix] [BOS] pixels[:-1]``: the sequence whose outputs predict ``pixels``."""
+        bos = torch.full((len(pixels), 1), self.bos, dtype=torch.long, device=pixels.device)
+        return torch.cat([prefix, bos, pixels[:, :-1]], 1)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None, start: int = 0,
+                hidden: bool = False):
+        """Logits (B, L, V) of the next palette token at each of ``ids`` (B, L), which sit at
+        positions ``start..start+L-1``; with ``hidden=True`` also every block's output."""
+        x = self.drop(self.embed(ids) + self.position[start:start + ids.shape[1]])
+        states = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i, start)
+            if hidden:
+                states.append(x)
+        logits = self.head(self.norm(x))
+        return (logits, states) if hidden else logits
+
+    def pixel_logits(self, prefix: torch.Tensor, pixels: torch.Tensor, hidden: bool = False):
+        """Logits (B, N, V) predicting each of ``pixels`` (B, N) (and the blocks' outputs at the
+        N pixel positions, with ``hidden=True``)."""
+        out = self(self.inputs(prefix, pixels), hidden=hidden)
+        p = prefix.shape[1]
+        if not hidden:
+            return out[:, p:]
+        logits, states = out
+        return logits[:, p:], [s[:, p:] for s in states]
+
+    # -- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prefix: torch.Tensor, known: torch.Tensor | None = None,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 greedy: bool = False, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Complete images: (B, N) palette tokens, the first ``known`` (B, n) given.
+
+        Args:
+            prefix: (B, P) conditioning tokens (see :meth:`prefix`).
+            known: Pixels given in raster order (e.g. the top half); ``None`` samples all.
+            temperature, top_k, top_p: Sampling settings (``top_k=0``, ``top_p=1``: off).
+            greedy: Take the most likely token (ignores the sampling settings).
+            use_cache: Keep keys and values of earlier tokens (one token per step) or re-read
+                the whole sequence at every step.
+            generator: Random generator of the sampling.
+        """
+        b, device = len(prefix), prefix.device
+        pixels = torch.zeros(b, self.num_pixels, dtype=torch.long, device=device)
+        n_known = 0 if known is None else known.shape[1]
+        if n_known:
+            pixels[:, :n_known] = known
+        if n_known == self.num_pixels:
+            return pixels
+        ids = self.inputs(prefix, pixels)  # (B, P + N)
+        first = prefix.shape[1] + n_known  # the position whose output predicts pixel n_known
+        cache = None
+        if use_cache:
+            cache = KVCache(self.depth, b, self.heads, self.max_length, self.dim // self.heads,
+                            device, self.position.dtype)
+            logits = self(ids[:, :first + 1], cache, 0)[:, -1]
+        for i in range(n_known, self.num_pixels):
+            position = prefix.shape[1] + i
+            if not use_cache:
+                logits = self(ids[:, :position + 1])[:, -1]
+            token = pick(logits, temperature, top_k, top_p, greedy, generator)
+            pixels[:, i] = token
+            if i + 1 < self.num_pixels:
+                ids[:, position + 1] = token
+                if use_cache:
+                    logits = self(token.unsqueeze(1), cache, position + 1)[:, -1]
+        return pixels
+
+
+def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
+         generator: torch.Generator | None) -> torch.Tensor:
+    """One token per row of ``logits`` (B, V): greedy, or sampled with temperature, top-k and
+    nucleus (top-p) filtering."""
+    if greedy:
+        return logits.argmax(-1)
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        ordered, index = logits.sort(-1, descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative - ordered.softmax(-1) > top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(-1, index, ordered.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    if generator is not None and generator.device != probs.device:
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

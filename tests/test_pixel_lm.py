@@ -1,0 +1,182 @@
+"""Strategy `pixel_lm`: the palette, the GPT (causality, KV cache, attention kinds), the probe,
+raw pixels from the datamodule, pretraining, fine-tuning from a pretrained run, scored
+generation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmvision.errors import UserError
+from lmvision.nn.palette import PaletteQuantizer
+from lmvision.nn.pixel_gpt import PixelGPT
+from lmvision.strategies.probe import fit_probes
+from lmvision.train import train
+
+PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init"}
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def images_of(colours: torch.Tensor, n: int = 40, size: int = 6, seed: int = 0) -> torch.Tensor:
+    """Images whose pixels take only the given colours (K, C)."""
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(len(colours), (n, size, size), generator=g)
+    return colours[index].permute(0, 3, 1, 2)  # (n, C, size, size)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_palette_round_trip_seed_and_persistence(channels, tmp_path):
+    colours = torch.rand(8, channels, generator=torch.Generator().manual_seed(channels))
+    images = images_of(colours)
+    quantizer = PaletteQuantizer(8, channels).fit(images, seed=3)
+    tokens = quantizer.encode(images)
+    assert tokens.shape == (40, 36) and tokens.dtype == torch.long
+    assert torch.allclose(quantizer.decode(tokens, 6), images, atol=1e-5)  # every colour found
+    again = PaletteQuantizer(8, channels).fit(images, seed=3)
+    assert torch.equal(again.palette, quantizer.palette)
+    torch.save(quantizer.state_dict(), tmp_path / "palette.pt")
+    restored = PaletteQuantizer(8, channels)
+    restored.load_state_dict(torch.load(tmp_path / "palette.pt", weights_only=True))
+    assert bool(restored.fitted) and torch.equal(restored.encode(images), tokens)
+
+
+def test_palette_errors():
+    with pytest.raises(UserError, match="num_colors"):
+        PaletteQuantizer(1, 3)
+    with pytest.raises(UserError, match="at least as many"):
+        PaletteQuantizer(64, 1).fit(torch.rand(1, 1, 4, 4))
+    with pytest.raises(RuntimeError, match="fit the palette"):
+        PaletteQuantizer(4, 1).encode(torch.rand(1, 1, 4, 4))
+
+
+def tiny_gpt(attention: str = "sdpa", **kwargs) -> PixelGPT:
+    gpt = PixelGPT(12, 36, dim=32, depth=2, heads=4, attention=attention, **kwargs)
+    gpt.reset_parameters(7)
+    return gpt.eval()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "naive"])
+def test_a_token_never_sees_the_future(attention):
+    gpt = tiny_gpt(attention, num_classes=3)
+    pixels = torch.randint(12, (2, 36))
+    prefix = gpt.prefix(torch.tensor([0, 2]))
+    logits = gpt.pixel_logits(prefix, pixels)
+    changed = pixels.clone()
+    changed[:, 20:] = (changed[:, 20:] + 1) % 12
+    other = gpt.pixel_logits(prefix, changed)
+    assert torch.allclose(logits[:, :21], other[:, :21])  # logit i predicts pixel i from < i
+    assert not torch.allclose(logits[:, 21:], other[:, 21:])
+
+
+def test_sdpa_and_naive_attention_agree():
+    sdpa, naive = tiny_gpt("sdpa"), tiny_gpt("naive")
+    pixels = torch.randint(12, (3, 36))
+    prefix = sdpa.prefix(batch=3)
+    assert torch.allclose(sdpa.pixel_logits(prefix, pixels), naive.pixel_logits(prefix, pixels),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "naive"])
+def test_cached_and_uncached_sampling_give_the_same_tokens(attention):
+    gpt = tiny_gpt(attention, num_classes=2, caption_tokens=3, text_vocab_size=10)
+    prefix = gpt.prefix(torch.tensor([1, -1]), torch.tensor([[4, 5, 0], [0, 0, 0]]))
+    for known in (None, torch.randint(12, (2, 18))):
+        cached = gpt.generate(prefix, known=known, greedy=True, use_cache=True)
+        plain = gpt.generate(prefix, known=known, greedy=True, use_cache=False)
+        assert torch.equal(cached, plain)
+        if known is not None:
+            assert torch.equal(cached[:, :18], known)
+    # sampling follows its generator
+    a = gpt.generate(prefix, generator=torch.Generator().manual_seed(1), top_k=5, top_p=0.9)
+    b = gpt.generate(prefix, generator=torch.Generator().manual_seed(1), top_k=5, top_p=0.9)
+    assert torch.equal(a, b)
+
+
+def test_the_probe_picks_the_informative_layer_on_validation():
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        labels = torch.randint(3, (n,), generator=g)
+        noise = torch.randn(2, n, 8, generator=g)
+        informative = noise[1] * 0.3
+        informative[:, 0] += labels.float() * 3  # layer 2 carries the label
+        trained = torch.stack([noise[0], informative])
+        return {"trained": trained, "random": torch.randn(2, n, 8, generator=g),
+                "pixels": torch.randn(1, n, 8, generator=g), "labels": labels}
+
+    values = fit_probes({"train": split(150), "val": split(60), "test": split(60)})
+    assert values["probe/best_layer"] == 2.0
+    assert values["probe/acc_best"] == values["probe/acc_layer_2"] >= 0.9
+    assert values["probe/acc_layer_1"] < 0.6 and values["probe/acc_random_init"] < 0.6
+    assert values["probe/acc_pixels"] < 0.6
+
+
+def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
+    from lmvision.build import data_and_model
+
+    cfg = make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8")
+    datamodule, model = data_and_model(cfg)
+    assert model.raw_pixels
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    raw = torch.stack([datamodule.dataset[int(i)]["image"] for i in batch["index"]]).float() / 255
+    assert torch.allclose(batch["image"], raw)  # no normalisation, no augmentation
+
+
+def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
+    pretrained = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
+                                "trainer.limit_test_batches=1.0", "strategy.samples=4",
+                                output_dir=tmp_path / "pre"))
+    assert PROBE | {"test/bits_per_dim", "val/bits_per_dim_best"} <= set(pretrained)
+    assert pretrained["test/bits_per_dim"] < 4.0  # a uniform guess over 16 colours is 4 bits
+    assert sorted(p.name for p in (tmp_path / "pre" / "figures").glob("samples_*.png")) == [
+        "samples_completion.png", "samples_unconditional.png"]
+    last = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    palette = checkpoint["state_dict"]["net.palette.palette"]
+    assert bool(checkpoint["state_dict"]["net.palette.fitted"])
+
+    tuned = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
+                           "strategy.stage=finetune", f"init_from={last}",
+                           output_dir=tmp_path / "fine"))
+    assert {"test/acc", "test/bits_per_dim", "val/acc_best"} <= set(tuned)
+    assert not PROBE & set(tuned)
+    loaded = read(tmp_path / "fine" / "run.json")["init_from"]
+    assert loaded["missing"] == ["head.bias", "head.weight"]  # only the new head starts afresh
+    best = read(tmp_path / "fine" / "run.json")["checkpoints"]["best"]
+    state = torch.load(best, weights_only=True, map_location="cpu")["state_dict"]
+    assert torch.equal(state["net.palette.palette"], palette)  # the pretrained palette is kept
+
+
+def test_conditional_generation_is_scored_by_a_classifier(make_cfg, tmp_path):
+    train(make_cfg("data.image_size=16", "data.colors=distinct", "data.num_images=300",
+                   "logger=csv", "debug=limit", output_dir=tmp_path / "judge"))
+    judge = tmp_path / "judge" / "checkpoints" / "last.ckpt"
+    metrics = train(make_cfg("experiment=pixel_lm_shapes", "data.num_images=300", "logger=csv",
+                             "debug=fdr", f"strategy.gen_classifier={judge}",
+                             "strategy.gen_samples_per_class=2", "strategy.probe=false",
+                             output_dir=tmp_path / "lm"))
+    assert 0.0 <= metrics["gen/acc"] <= 1.0 and 0.0 <= metrics["gen/acc_caption"] <= 1.0
+    names = sorted(p.name for p in (tmp_path / "lm" / "figures").glob("samples_*.png"))
+    assert names == ["samples_caption.png", "samples_class.png", "samples_completion.png",
+                     "samples_unconditional.png"]
+    with pytest.raises(UserError, match="data.image_size=16, this run has 32"):
+        train(make_cfg("strategy=pixel_lm", "data.num_images=300", "logger=csv", "debug=fdr",
+                       f"strategy.gen_classifier={judge}", output_dir=tmp_path / "bad"))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["strategy.stage=train"], "strategy.stage='train': choose one of pretrain, finetune"),
+    (["strategy.net.conditions=[colour]"], "'colour' is not a condition"),
+    (["strategy.net.dim=30"], "multiple of strategy.net.heads"),
+])
+def test_errors_before_training(make_cfg, overrides, match):
+    with pytest.raises(UserError, match=match):
+        train(make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8", "logger=csv",
+                       "debug=fdr", *overrides))
