@@ -43,10 +43,26 @@ def trained_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="module")
+def named_runs(tmp_path_factory):
+    """The runs the README names by kind: a pixel_lm_digits run, and a judge for gen/acc."""
+    from lmvision.train import train
+
+    base = tmp_path_factory.mktemp("readme-named")
+    runs = {"<pixel_lm_digits run>": base / "pixel", "<judge run>": base / "judge"}
+    train(compose(["experiment=pixel_lm_digits", "logger=csv", "debug=limit",
+                   "strategy.samples=0"], runs["<pixel_lm_digits run>"]))
+    train(compose(["data.image_size=16", "data.colors=distinct", "data.num_images=300",
+                   "logger=csv", "debug=limit"], runs["<judge run>"]))
+    return runs
+
+
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command, trained_run, tmp_path):
+def test_readme_command_runs(command, trained_run, named_runs, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # a resume changes the run it continues: use a copy
+    for name, path in named_runs.items():
+        command = command.replace(f"outputs/{name}", str(path))
     words = shlex.split(command.replace("outputs/<run>", str(run)))
     args = ["-m", ENTRY_POINTS[words[0]], *words[1:]]
     if any(flag in words for flag in ("--help", "--cfg")):

@@ -186,7 +186,7 @@ class PixelGPT(nn.Module):
         return logits[:, p:], [s[:, p:] for s in states]
 
     # -- sampling -----------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, prefix: torch.Tensor, known: torch.Tensor | None = None,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  greedy: bool = False, use_cache: bool = True,

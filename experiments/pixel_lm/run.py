@@ -1,0 +1,127 @@
+"""Pixel-LM study: does a language model trained on pixels alone learn to recognise, and does
+it draw what it is asked to? Writes README.md's results and copies the sample grids beside it.
+
+    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~15 min on 2 CPU cores
+
+Runs (`python -m lmvision.train`, CSV logger), for each seed:
+
+* digits (8x8 scans, 64 pixel tokens, 16 greys): `experiment=pixel_lm_digits` (pretraining,
+  then the linear probes of every block beside raw pixels and random weights); the same
+  fine-tuned from its last checkpoint (`strategy.stage=finetune init_from=...`); the CNN
+  baseline `strategy=image_classifier` on the same 8x8 images;
+* shapes (16x16, 256 pixel tokens, 16 colours, target `shape`, distinct colours): a judge
+  `strategy=image_classifier` on the same images, then `experiment=pixel_lm_shapes`
+  (class- and caption-conditioned) scored by it (`gen/acc`, `gen/acc_caption`), with its
+  probes; the judge's own test accuracy is the CNN baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from lmvision.files import write_json
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
+from studies import mean_std  # noqa: E402
+
+DIGITS = ["data=digits", "data.image_size=8", "logger=csv"]
+SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "logger=csv"]
+FINETUNE_EPOCHS = 15
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        def run(name: str, seed: int, overrides: list[str]) -> Path:
+            run_dir = Path(tmp) / f"{name.replace(' ', '_')}-{seed}"
+            r = studies.train([*overrides, f"seed={seed}"], run_dir)
+            results.setdefault(name, []).append(r)
+            shown = {k: round(v, 4) for k, v in r.items()
+                     if k.split("/")[0] in ("test", "probe", "gen") and "loss" not in k}
+            print(f"{name:28s} seed {seed}: {shown} ({r['fit_seconds']:.0f} s)", flush=True)
+            return run_dir
+
+        for seed in args.seeds:
+            pre = run("digits pretrain", seed, ["experiment=pixel_lm_digits"])
+            run("digits finetune", seed, ["experiment=pixel_lm_digits", "strategy.stage=finetune",
+                                           f"init_from={pre / 'checkpoints' / 'last.ckpt'}",
+                                           f"trainer.max_epochs={FINETUNE_EPOCHS}"])
+            run("digits CNN", seed, [*DIGITS, "strategy=image_classifier"])
+            judge = run("shapes CNN (judge)", seed, [*SHAPES, "strategy=image_classifier"])
+            lm = run("shapes pretrain", seed, [
+                "experiment=pixel_lm_shapes",
+                f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
+            if args.write_readme and seed == args.seeds[0]:
+                for png in (lm / "figures").glob("samples_*.png"):
+                    shutil.copy(png, HERE / f"shapes_{png.name}")
+                for png in (pre / "figures").glob("samples_*.png"):
+                    shutil.copy(png, HERE / f"digits_{png.name}")
+
+    def col(name, key, digits=4):
+        values = [r[key] for r in results[name] if key in r]
+        return mean_std(values, digits=digits) if values else "—"
+
+    def mean(name, key):
+        values = [r[key] for r in results[name]]
+        return sum(values) / len(values)
+
+    rows = []
+    for data in ("digits", "shapes"):
+        cnn = f"{data} CNN" if data == "digits" else "shapes CNN (judge)"
+        pre = f"{data} pretrain"
+        rows.append(f"| {data} | {col(pre, 'probe/acc_best')} (block "
+                    f"{col(pre, 'probe/best_layer', 0)}) | {col(pre, 'probe/acc_random_init')} | "
+                    f"{col(pre, 'probe/acc_pixels')} | "
+                    f"{col('digits finetune', 'test/acc') if data == 'digits' else '—'} | "
+                    f"{col(cnn, 'test/acc')} | {col(pre, 'test/bits_per_dim', 3)} |")
+    layers = sorted(k for k in results["digits pretrain"][0] if k.startswith("probe/acc_layer_"))
+    by_layer = [f"| {data} | " + " | ".join(col(f"{data} pretrain", k) for k in layers) + " |"
+                for data in ("digits", "shapes")]
+    checks = {}
+    gap = 100 * (mean("shapes pretrain", "probe/acc_best")
+                 - mean("shapes pretrain", "probe/acc_random_init"))
+    checks[f"shapes: probe/acc_best − probe/acc_random_init ≥ 10 points ({gap:+.1f})"] = gap >= 10
+    gen = mean("shapes pretrain", "gen/acc")
+    checks[f"shapes: class-conditioned gen/acc ≥ 0.8 ({gen:.4f}; caption-conditioned "
+           f"{mean('shapes pretrain', 'gen/acc_caption'):.4f})"] = gen >= 0.8
+    best, pixels = mean("digits pretrain", "probe/acc_best"), mean("digits pretrain", "probe/acc_pixels")
+    checks[f"digits: probe/acc_best {best:.4f} ≥ probe/acc_pixels {pixels:.4f}"] = best >= pixels
+    tuned = mean("digits finetune", "test/acc")
+    checks[f"digits: fine-tuned test/acc {tuned:.4f} ≥ 0.95"] = tuned >= 0.95
+    seeds = " ".join(map(str, args.seeds))
+    lines = [
+        f"{studies.environment_line()} Seeds {seeds}. Command: `python experiments/pixel_lm/run.py "
+        f"--seeds {seeds} --write-readme`.", "",
+        "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
+        "| fine-tuned | CNN | test bits/dim |", "|---|---|---|---|---|---|---|", *rows, "",
+        "Probe test accuracy by block (pretrained):", "",
+        "| data | " + " | ".join(k.split("_")[-1] for k in layers) + " |",
+        "|---|" + "---|" * len(layers), *by_layer, "",
+        f"Generation on shapes (`target=shape`, judged by the CNN above): class-conditioned "
+        f"gen/acc {col('shapes pretrain', 'gen/acc')}, caption-conditioned "
+        f"{col('shapes pretrain', 'gen/acc_caption')}. Sample grids of the first seed's last "
+        "epoch: `shapes_samples_*.png`, `digits_samples_*.png` beside this README.", "",
+        *[f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()],
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_readme:
+        studies.write_results(HERE / "README.md", text)
+        write_json(HERE / "results.json", {k: [{m: v for m, v in r.items() if m != "last_lines"}
+                                              for r in runs] for k, runs in results.items()})
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
