@@ -16,3 +16,12 @@ def test_overhead_study_quick_run_has_identical_losses(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads(summary.read_text())
     assert data["loss_pass"] is True and data["max_loss_diff"] <= 1e-5
+
+
+@pytest.mark.slow
+def test_pixel_lm_speed_study_quick_run(tmp_path):
+    """The speed study runs end to end (its figures are in its README, not asserted here)."""
+    result = run_cli([str(ROOT / "experiments" / "pixel_lm_speed" / "run.py"), "--quick"],
+                     cwd=tmp_path, timeout=600)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| PixelGPT, sdpa |" in result.stdout and "KV cache" in result.stdout

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         def run(job):
             key, seed, overrides = job
-            name = "-".join(key).replace(",", "").replace(" ", "_")
+            name = re.sub(r"[^A-Za-z0-9]+", "_", "-".join(key))
             run_dir = Path(tmp) / f"{name}-{seed}"
             r = studies.train([*overrides, f"seed={seed}"], run_dir, env={"OMP_NUM_THREADS": "1"})
             shown = {k: round(v, 4) for k, v in r.items() if k.startswith("test/acc")}

@@ -18,6 +18,7 @@ Runs (`python -m lmvision.train`, CSV logger), for each seed:
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -32,7 +33,7 @@ from studies import mean_std  # noqa: E402
 
 DIGITS = ["data=digits", "data.image_size=8", "logger=csv"]
 SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "logger=csv"]
-FINETUNE_EPOCHS = 15
+FINETUNE_EPOCHS = 30
 
 
 def main() -> int:
@@ -44,7 +45,7 @@ def main() -> int:
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         def run(name: str, seed: int, overrides: list[str]) -> Path:
-            run_dir = Path(tmp) / f"{name.replace(' ', '_')}-{seed}"
+            run_dir = Path(tmp) / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}-{seed}"
             r = studies.train([*overrides, f"seed={seed}"], run_dir)
             results.setdefault(name, []).append(r)
             shown = {k: round(v, 4) for k, v in r.items()

@@ -147,7 +147,5 @@ class AuxTextStrategy(ClassificationStrategy):
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if self._examples:
-            images = torch.stack([e.pop("_image") for e in self._examples])
-            log_examples(self.trainer, "test/explanations", images, self._examples)
-            self._examples = []
+        log_examples(self.trainer, "test/explanations", self._examples)
+        self._examples = []

@@ -84,13 +84,14 @@ def log_figure(trainer, key: str, fig) -> Path | None:
     return out
 
 
-def log_examples(trainer, key: str, images: torch.Tensor, rows: list[dict]) -> Path | None:
+def log_examples(trainer, key: str, rows: list[dict]) -> Path | None:
     """A table of test examples: JSON in the run directory, a W&B table with the images.
 
     Args:
-        images: (B, C, H, W) the examples' images (any range; rescaled for display).
-        rows: One dict of plain values per example (e.g. text, label, prediction).
+        rows: One dict per example: its image (C, H, W) under ``_image`` (any range; rescaled
+            for display), and plain values (e.g. text, label, prediction).
     """
+    images = [row.pop("_image") for row in rows]
     if trainer is None or trainer.global_rank != 0 or not rows:
         return None
     import json

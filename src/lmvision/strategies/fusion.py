@@ -82,7 +82,5 @@ class FusionStrategy(ClassificationStrategy):
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
-        if self._examples:
-            images = torch.stack([e.pop("_image") for e in self._examples])
-            log_examples(self.trainer, "test/examples", images, self._examples)
-            self._examples = []
+        log_examples(self.trainer, "test/examples", self._examples)
+        self._examples = []
