@@ -14,7 +14,8 @@ caption tokens.
   (``probe/acc_random_init``).
 * ``stage=finetune``: a linear head on the mean-pooled last block, cross-entropy plus the
   generative loss times ``generative_weight`` (as iGPT), usually from a pretrained run's weights
-  (``init_from=``); reports the classifier metrics and selects by ``val/acc``.
+  (``init_from=``); reports the classifier metrics and selects by validation accuracy (the
+  monitor that conf/strategy/pixel_lm.yaml sets for this stage).
 
 At each validation epoch it draws completions of validation images from their top half and
 unconditional, class- and caption-conditioned samples (as the model allows), saved as PNG under
