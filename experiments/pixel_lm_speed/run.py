@@ -127,13 +127,15 @@ def main() -> int:
     size = (args.dim, args.depth, args.heads)
 
     rates: dict[str, float | str] = {}
-    for name, build, attention in (("PixelGPT, sdpa", own, "sdpa"), ("PixelGPT, naive", own, "naive"),
-                                   ("HF GPT-2, sdpa", hugging_face, "sdpa"),
-                                   ("HF GPT-2, eager", hugging_face, "eager")):
+    kinds = [("PixelGPT, sdpa", own, "sdpa"), ("PixelGPT, naive", own, "naive"),
+             ("HF GPT-2, sdpa", hugging_face, "sdpa"), ("HF GPT-2, eager", hugging_face, "eager")]
+    for name, build, attention in kinds[::2] if args.quick else kinds:  # quick: one of each
         model, forward = build(*size, attention, device)
         rates[name] = train_rate(model, forward, args.batch, args.steps, device)
         print(f"{name:28s} {rates[name]:>12,.0f} tokens/s", flush=True)
     try:
+        if args.quick:
+            raise RuntimeError("not timed with --quick")
         model, forward = own(*size, "sdpa", device)
         compiled = torch.compile(forward)
         rates["PixelGPT, sdpa, torch.compile"] = train_rate(model, compiled, args.batch,

@@ -240,6 +240,9 @@ class PixelLMStrategy(Strategy):
         datamodule.setup("test")
         splits = {"train": datamodule.data_train, "val": datamodule.data_val,
                   "test": datamodule.data_test}
+        # a run that tests only some batches (debug=fdr|limit) probes as many items per split
+        tested = sum(self.trainer.num_test_batches) * datamodule.eval_batch_size
+        budget = tested if tested < len(datamodule.data_test) else None
         random_init = copy.deepcopy(self.net)
         random_init.gpt.reset_parameters(RANDOM_INIT_SEED)
         features = {name: {"trained": [], "random": [], "pixels": [], "labels": []}
@@ -249,6 +252,7 @@ class PixelLMStrategy(Strategy):
         random_init.eval()
         for name, data in splits.items():
             limit = self.probe_max_train if name == "train" else len(data)
+            limit = min(limit, budget or limit)
             for start in range(0, min(limit, len(data)), 256):
                 items = [data[i] for i in range(start, min(start + 256, limit, len(data)))]
                 images = torch.stack([it["image"] for it in items]).to(self.device)
