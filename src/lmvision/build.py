@@ -51,7 +51,6 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
         raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
     if tokenizer is None:
         tokenizer = instantiate(node)(datamodule.train_texts())
-    datamodule.use_tokenizer(tokenizer)
     net: dict[str, Any] = {}
     if "text_vocab_size" in cfg.strategy.net and cfg.strategy.net.text_vocab_size is None:
         net["text_vocab_size"] = len(tokenizer)

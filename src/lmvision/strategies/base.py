@@ -120,6 +120,11 @@ class Strategy(pl.LightningModule):
         schedule = self.scheduler.build(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def class_names(self) -> list[str]:
+        """The data's class names (``"0"``, ``"1"``... when the datamodule has none)."""
+        classes = getattr(getattr(self.trainer, "datamodule", None), "classes", None)
+        return list(classes) if classes else [str(i) for i in range(getattr(self, "num_classes", 0))]
+
     def log_figure(self, key: str, figure) -> None:
         """Save ``figure`` as PNG under ``<run dir>/figures/`` and send it to W&B / TensorBoard."""
         log_figure(self.trainer, key, figure)

@@ -111,10 +111,6 @@ class ClassificationStrategy(Strategy):
                             prediction_grid_figure(self._grid["images"], predicted, actual))
             self._grid = {}
 
-    def class_names(self) -> list[str]:
-        classes = getattr(getattr(self.trainer, "datamodule", None), "classes", None)
-        return list(classes) if classes else [str(i) for i in range(self.num_classes)]
-
     def describe(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[str], list[str]]:
         """Predicted and true class names (comma-joined tags for multi-label data)."""
         classes = self.class_names()

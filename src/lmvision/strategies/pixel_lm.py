@@ -216,10 +216,6 @@ class PixelLMStrategy(Strategy):
         self.net.train(was_training)
         return grids
 
-    def class_names(self) -> list[str]:
-        classes = getattr(getattr(self.trainer, "datamodule", None), "classes", None)
-        return list(classes) if classes else [str(i) for i in range(self.num_classes)]
-
     # -- testing: probe and scored generation -------------------------------------------------
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
