@@ -105,10 +105,19 @@ def test_image_and_text_are_complementary():
     ({"target": "size_of_moon"}, r"data.target='size_of_moon'.*shape, color"),
     ({"num_images": 0}, r"data.num_images"),
     ({"image_size": 8}, r"data.image_size must be at least 16"),
+    ({"noise": -1}, r"data.noise must be an integer in \[0, 127\]"),
 ])
 def test_shapes_rejects_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShapesDataset(**{"num_images": 10, **kwargs})
+
+
+def test_shapes_without_noise_show_two_colours_each():
+    clean = ShapesDataset(50, 16, seed=0, colors="distinct", noise=0)
+    noisy = ShapesDataset(50, 16, seed=0, colors="distinct")
+    for image in clean.images:
+        assert len(image.flatten(1).T.unique(dim=0)) <= 2  # background and shape
+    assert len(noisy.images[0].flatten(1).T.unique(dim=0)) > 10
 
 
 # -- digits ---------------------------------------------------------------------------------
@@ -243,3 +252,25 @@ def test_a_split_missing_classes_is_named():
     with pytest.warns(SplitWarning, match=r"the test split \(2 items\) has no example of"):
         dm = datamodule(ShapesDataset(10, 32, seed=0))
     assert any(m.startswith("the test split") for m in dm.split_warnings)
+
+
+def test_raw_pixels_keep_only_moves_of_pixels():
+    from torchvision.transforms import v2
+
+    digits = DigitsDataset(image_size=8)
+    dm = datamodule(digits, augment=[v2.RandomAffine(degrees=10, translate=(0.2, 0.2))])
+    dm.use_raw_pixels(augment=True)
+    dm.setup("fit")
+    images = next(iter(dm.train_dataloader()))["image"]
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    levels = images * 255
+    assert torch.allclose(levels, levels.round(), atol=1e-3)
+    values = set(digits.images.unique().tolist()) | {0}
+    assert set(levels.round().int().unique().tolist()) <= values  # moved, never blended
+    for bad, match in ((v2.ColorJitter(0.3), "ColorJitter may change colours"),
+                       (v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR),
+                        r"RandomRotation interpolates \(bilinear\)")):
+        dm = datamodule(digits, augment=[bad])
+        with pytest.raises(ValueError, match=match):
+            dm.use_raw_pixels(augment=True)
+        dm.use_raw_pixels()  # without augmentation it is fine

@@ -128,6 +128,11 @@ def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
     raw = torch.stack([datamodule.dataset[int(i)]["image"] for i in batch["index"]]).float() / 255
     assert torch.allclose(batch["image"], raw)  # no normalisation, no augmentation
 
+    cfg = make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8", "strategy.augment=true")
+    datamodule, _ = data_and_model(cfg)
+    kinds = [type(t).__name__ for t in datamodule.train_transform.transforms]
+    assert kinds == ["ToDtype", "RandomAffine"]  # digits' geometric augmentation, no Normalize
+
 
 def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
     pretrained = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
@@ -175,6 +180,8 @@ def test_conditional_generation_is_scored_by_a_classifier(make_cfg, tmp_path):
     (["strategy.stage=train"], "strategy.stage='train': choose one of pretrain, finetune"),
     (["strategy.net.conditions=[colour]"], "'colour' is not a condition"),
     (["strategy.net.dim=30"], "multiple of strategy.net.heads"),
+    (["strategy.augment=true", "data.datamodule.augment=[{_target_: "
+      "torchvision.transforms.v2.ColorJitter, brightness: 0.3}]"], "ColorJitter may change colours"),
 ])
 def test_errors_before_training(make_cfg, overrides, match):
     with pytest.raises(UserError, match=match):

@@ -14,7 +14,8 @@ timed steps after warm-up), on 16x16 images (256 pixel tokens) over a 16-colour 
   ``sdpa`` and ``eager`` attention): the baseline the compact module is chosen against.
 
 Sampling time for 256-token images, batch 1 and 64, with the KV cache and without it (every
-step re-reads the whole sequence), with greedy decoding (the two give the same tokens), for the
+step re-reads the whole sequence), with greedy decoding (the two give the same tokens), the
+median of three runs after a warm-up run (one run for batch 64 without the cache), for the
 trained size above and, batch 1 only, for a larger one (dim 256, depth 8): the cache saves compute, which
 grows with the model, while each cached step pays a fixed dispatch cost per operation.
 On a GPU, also tokens/s and model FLOPs utilisation (MFU) of a GPT of about 100 M parameters in
@@ -98,14 +99,18 @@ def _takes_attn(cls) -> bool:
     return "attn_implementation" in inspect.signature(cls.__init__).parameters
 
 
-def sampling_seconds(model, batch: int, use_cache: bool, device: str) -> float:
+def sampling_seconds(model, batch: int, use_cache: bool, device: str, repeats: int) -> float:
+    """Median wall time of generating ``batch`` whole images, after one untimed warm-up run."""
     model.eval()
     prefix = model.prefix(batch=batch, device=device)
-    sync(device)
-    start = time.perf_counter()
-    model.generate(prefix, greedy=True, use_cache=use_cache)
-    sync(device)
-    return time.perf_counter() - start
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        model.generate(prefix, greedy=True, use_cache=use_cache)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 def main() -> int:
@@ -152,7 +157,8 @@ def main() -> int:
         for batch in batches if (dim, depth, heads) == size else batches[:1]:
             for use_cache in (True, False):
                 key = (dim, depth, batch, use_cache)
-                sampling[key] = sampling_seconds(sampler, batch, use_cache, device)
+                repeats = 1 if args.quick or (batch > 1 and not use_cache) else 3
+                sampling[key] = sampling_seconds(sampler, batch, use_cache, device, repeats)
                 print(f"sampling dim {dim} depth {depth}, batch {batch:3d}, KV cache "
                       f"{use_cache!s:5s}: {sampling[key]:.2f} s", flush=True)
 

@@ -67,7 +67,7 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
     model = instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
     datamodule.use_tokenizer(tokenizer, getattr(model, "text_keys", ()))  # what it reads per batch
     if getattr(model, "raw_pixels", False):  # it models pixel values: no normalisation
-        datamodule.use_raw_pixels()
+        datamodule.use_raw_pixels(augment=getattr(model, "augment_pixels", False))
     return datamodule, model
 
 

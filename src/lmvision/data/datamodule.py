@@ -111,7 +111,8 @@ class ImageDataModule(pl.LightningDataModule):
         std = list(std) if std is not None else [0.5] * self.channels
         base = [v2.ToDtype(torch.float32, scale=True)]
         norm = [v2.Normalize(mean=mean, std=std)]
-        self.train_transform = v2.Compose(base + list(augment or []) + norm)
+        self.augment = list(augment or [])
+        self.train_transform = v2.Compose(base + self.augment + norm)
         self.eval_transform = v2.Compose(base + norm)
         self.mean, self.std = mean, std
 
@@ -132,13 +133,19 @@ class ImageDataModule(pl.LightningDataModule):
             warnings.warn(message, SplitWarning, stacklevel=2)
         self.data_train = self.data_val = self.data_test = None
 
-    def use_raw_pixels(self) -> None:
-        """Serve images as floats in [0, 1] in every split: no normalisation and no training
-        augmentation (a strategy that models pixel values, such as ``pixel_lm``, asks for it)."""
+    def use_raw_pixels(self, augment: bool = False) -> None:
+        """Serve images as floats in [0, 1] in every split, unnormalised (a strategy that models
+        pixel values, such as ``pixel_lm``, asks for it). ``augment=True`` keeps the training
+        augmentation when every transform only moves pixels (geometric, nearest-neighbour
+        interpolation), so that no new colour appears; otherwise there is none."""
         if self.data_train is not None:
             raise RuntimeError("use_raw_pixels() must come before setup()")
-        raw = v2.Compose([v2.ToDtype(torch.float32, scale=True)])
-        self.train_transform = self.eval_transform = raw
+        raw = [v2.ToDtype(torch.float32, scale=True)]
+        if augment:
+            for transform in self.augment:
+                check_colour_preserving(transform)
+        self.train_transform = v2.Compose(raw + (self.augment if augment else []))
+        self.eval_transform = v2.Compose(raw)
         self.mean, self.std = [0.0] * self.channels, [1.0] * self.channels
 
     def train_images(self, limit: int | None = None) -> torch.Tensor:
@@ -382,3 +389,22 @@ def validate_dataset(dataset: Dataset, num_classes: int, task: str) -> None:
         for row, s in enumerate(strings):
             if not isinstance(s, str) or not s.strip():
                 raise DataConfigError(f"{name}: row {row} has an empty {key[:-1]}")
+
+
+GEOMETRIC = (v2.RandomAffine, v2.RandomRotation, v2.RandomCrop, v2.RandomResizedCrop,
+             v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomPerspective, v2.Pad)
+
+
+def check_colour_preserving(transform) -> None:
+    """Raise a :class:`UserError` unless ``transform`` only moves pixels: a geometric transform
+    with nearest-neighbour interpolation (a pixel model's palette sees no blended colours)."""
+    name = type(transform).__name__
+    if not isinstance(transform, GEOMETRIC):
+        raise UserError(f"data.datamodule.augment: {name} may change colours; a model of pixel "
+                        f"values keeps only geometric transforms "
+                        f"({', '.join(t.__name__ for t in GEOMETRIC)})")
+    interpolation = getattr(transform, "interpolation", "nearest")
+    interpolation = getattr(interpolation, "value", interpolation)  # an enum or its string
+    if interpolation not in ("nearest", "nearest-exact"):
+        raise UserError(f"data.datamodule.augment: {name} interpolates ({interpolation}), which "
+                        f"blends colours; a pixel model needs nearest-neighbour interpolation")

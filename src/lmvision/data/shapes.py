@@ -3,8 +3,8 @@
 Design of the two modalities (why fusion can beat either one alone)
 -------------------------------------------------------------------
 Every image shows one shape (circle, square, triangle, cross) of one colour (red, orange,
-green, teal, blue, purple), small or large, in one of five positions, on a noisy dark
-background. Each item carries two strings:
+green, teal, blue, purple), small or large, in one of five positions, on a dark background
+with sensor noise (``noise=0``: clean images, which a model of pixel values learns faster). Each item carries two strings:
 
 * ``caption`` describes what is in the picture (shape, colour, size, position) in one of many
   phrasings; it is a *target* for captioning, never an input to a classifier.
@@ -68,6 +68,8 @@ class ShapesDataset(InMemoryDataset):
         seed: Seed of the generator; the same seed gives the same images and strings.
         colors: ``paired`` (colours of a pair share a hue band: the image shows the colour only
             up to its pair) or ``distinct`` (every colour has its own hue band).
+        noise: Amplitude of the per-pixel sensor noise, in 8-bit levels (uniform integers in
+            ``[-noise, noise]``); 0 renders clean images.
         cache_dir: Where rendered sets are cached (``None`` disables the cache).
     """
 
@@ -78,6 +80,7 @@ class ShapesDataset(InMemoryDataset):
         target: str = "shape",
         seed: int = 0,
         colors: str = "paired",
+        noise: int = 12,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if int(num_images) < 1:
@@ -88,6 +91,10 @@ class ShapesDataset(InMemoryDataset):
         if colors not in spec.SHAPES_COLORINGS:
             raise UserError(f"data.colors={colors!r}: choose one of {', '.join(spec.SHAPES_COLORINGS)}")
         self.colors = colors
+        if not 0 <= int(noise) <= 127:
+            raise UserError(f"data.noise must be an integer in [0, 127] (8-bit levels), "
+                            f"got {noise!r}")
+        self.noise = int(noise)
         # classes that combine attributes: a holdout of classes keeps every part seen
         self.class_parts = spec.shapes_class_parts(target)
         self.num_images = int(num_images)
@@ -131,12 +138,12 @@ class ShapesDataset(InMemoryDataset):
     # -- cache --------------------------------------------------------------------------
     def _cache_key(self) -> str:
         raw = (f"v{GENERATOR_VERSION}-n{self.num_images}-s{self.image_size}-seed{self.seed}"
-               f"-{self.colors}")
+               f"-{self.colors}-noise{self.noise}")
         return "shapes-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
 
     def _load_or_render(self, cache_dir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         if cache_dir is None:
-            return render_shapes(self.num_images, self.image_size, self.seed, self.colors)
+            return render_shapes(self.num_images, self.image_size, self.seed, self.colors, self.noise)
         base = Path(cache_dir).expanduser() / self._cache_key()
         npz, js = base.with_suffix(".npz"), base.with_suffix(".json")
         if npz.is_file() and js.is_file():
@@ -148,7 +155,8 @@ class ShapesDataset(InMemoryDataset):
                     return arrays, strings
             except (OSError, ValueError, KeyError) as err:  # a broken cache is re-rendered
                 log.warning("shapes cache %s is unreadable (%s); rendering again", npz, err)
-        arrays, strings = render_shapes(self.num_images, self.image_size, self.seed, self.colors)
+        arrays, strings = render_shapes(self.num_images, self.image_size, self.seed, self.colors,
+                                        self.noise)
         # atomic: ranks and parallel jobs that render the same set never read half a file
         atomic_write(npz, lambda p: np.savez(p, **arrays))
         atomic_write(js, lambda p: Path(p).write_text(json.dumps(strings)))
@@ -158,7 +166,8 @@ class ShapesDataset(InMemoryDataset):
 # ------------------------------------------------------------------------------------------
 # Rendering: everything is vectorised over the whole set (no Python loop per pixel or image).
 # ------------------------------------------------------------------------------------------
-def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "paired"):
+def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "paired",
+                  noise: int = 12):
     """Render ``num_images`` images and their strings; returns ``(arrays, strings)``."""
     rng = np.random.default_rng(seed)
     n, s = num_images, image_size
@@ -179,8 +188,7 @@ def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "pa
     np.copyto(img, rgb[:, :, None, None].astype(np.float32), where=mask[:, None])
     img *= 255.0
     # sensor noise, drawn as small integers: as good as Gaussian here and several times faster
-    noise = rng.integers(-12, 13, img.shape, dtype=np.int8)
-    img += noise
+    img += rng.integers(-noise, noise + 1, img.shape, dtype=np.int8)
     np.clip(img, 0.0, 255.0, out=img)
     images = img.astype(np.uint8)  # (N, 3, H, W)
 

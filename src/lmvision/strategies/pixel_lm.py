@@ -55,6 +55,9 @@ class PixelLMStrategy(Strategy):
         generative_weight: Weight of the generative loss when fine-tuning.
         condition_dropout: Share of training examples whose class token (and, independently,
             caption) is replaced by "no condition", so that one model also samples without it.
+        augment: Keep the data's training augmentation, which must then only move pixels
+            (geometric, nearest-neighbour: no new colours); ``False`` trains on the images as
+            they are.
         palette_images: Training images whose pixels fit the palette.
         palette_seed: Seed of the palette's k-means.
         probe: Run the linear probe when testing (``pretrain`` only).
@@ -70,7 +73,7 @@ class PixelLMStrategy(Strategy):
 
     def __init__(self, net: PixelLM, num_classes: int, stage: str = "pretrain", tokenizer=None,
                  generative_weight: float = 0.5, condition_dropout: float = 0.2,
-                 palette_images: int = 2000, palette_seed: int = 0, probe: bool = True,
+                 augment: bool = False, palette_images: int = 2000, palette_seed: int = 0, probe: bool = True,
                  probe_max_train: int = 5000, samples: int = 16, sample_every_n_epochs: int = 1,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  gen_classifier: str | None = None, gen_samples_per_class: int = 8,
@@ -93,6 +96,7 @@ class PixelLMStrategy(Strategy):
         self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
         self.gen_classifier, self.gen_samples_per_class = gen_classifier, gen_samples_per_class
         self.raw_pixels = True  # the datamodule serves pixels in [0, 1], unnormalised
+        self.augment_pixels = bool(augment)  # ... with its geometric augmentation, or none
         self.text_keys = ("caption",) if "caption" in net.conditions else ()
         self.metrics = SplitMetrics("multiclass", num_classes) if stage == "finetune" else None
         self._judge: list = []  # the gen/acc classifier, kept out of the module tree
