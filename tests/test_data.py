@@ -267,6 +267,9 @@ def test_raw_pixels_keep_only_moves_of_pixels():
     assert torch.allclose(levels, levels.round(), atol=1e-3)
     values = set(digits.images.unique().tolist()) | {0}
     assert set(levels.round().int().unique().tolist()) <= values  # moved, never blended
+    first = dm.unaugmented("train")[0]  # probes and palettes read the images as they are
+    index = int(first["index"])
+    assert torch.allclose(first["image"], digits[index]["image"].float() / 255)
     for bad, match in ((v2.ColorJitter(0.3), "ColorJitter may change colours"),
                        (v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR),
                         r"RandomRotation interpolates \(bilinear\)")):

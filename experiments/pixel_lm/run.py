@@ -1,7 +1,7 @@
 """Pixel-LM study: does a language model trained on pixels alone learn to recognise, and does
 it draw what it is asked to? Writes README.md's results and copies the sample grids beside it.
 
-    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~15 min on 2 CPU cores
+    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~40 min on 2 CPU cores
 
 Runs (`python -m lmvision.train`, CSV logger), for each seed:
 
@@ -9,7 +9,8 @@ Runs (`python -m lmvision.train`, CSV logger), for each seed:
   then the linear probes of every block beside raw pixels and random weights); the same
   fine-tuned from its last checkpoint (`strategy.stage=finetune init_from=...`); the CNN
   baseline `strategy=image_classifier` on the same 8x8 images;
-* shapes (16x16, 256 pixel tokens, 16 colours, target `shape`, distinct colours): a judge
+* shapes (16x16, 256 pixel tokens, 16 colours, target `shape`, distinct colours, no sensor
+  noise): a judge
   `strategy=image_classifier` on the same images, then `experiment=pixel_lm_shapes`
   (class- and caption-conditioned) scored by it (`gen/acc`, `gen/acc_caption`), with its
   probes; the judge's own test accuracy is the CNN baseline.
@@ -32,7 +33,8 @@ import studies  # noqa: E402  (experiments/studies.py)
 from studies import mean_std  # noqa: E402
 
 DIGITS = ["data=digits", "data.image_size=8", "logger=csv"]
-SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "logger=csv"]
+SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "data.noise=0",
+          "logger=csv"]
 FINETUNE_EPOCHS = 30
 
 

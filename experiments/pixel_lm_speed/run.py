@@ -16,8 +16,9 @@ timed steps after warm-up), on 16x16 images (256 pixel tokens) over a 16-colour 
 Sampling time for 256-token images, batch 1 and 64, with the KV cache and without it (every
 step re-reads the whole sequence), with greedy decoding (the two give the same tokens), the
 median of three runs after a warm-up run (one run for batch 64 without the cache), for the
-trained size above and, batch 1 only, for a larger one (dim 256, depth 8): the cache saves compute, which
-grows with the model, while each cached step pays a fixed dispatch cost per operation.
+trained size above and, batch 1 only, for larger ones (dim 256 and 512, depth 8): the cache
+saves compute, which grows with the model and the sequence, while a cached step at batch 1 is a
+matrix-vector product per weight, bound by reading the weights and by dispatch cost.
 On a GPU, also tokens/s and model FLOPs utilisation (MFU) of a GPT of about 100 M parameters in
 bf16 (FLOPs per token 6N + 12·L·T·d, as in the PaLM appendix; peak from ``--peak-tflops``).
 """
@@ -150,7 +151,7 @@ def main() -> int:
     print(f"{'PixelGPT, sdpa, torch.compile':28s} {rates['PixelGPT, sdpa, torch.compile']}", flush=True)
 
     sampling = {}
-    sizes = [size, (32, 2, 4) if args.quick else (256, 8, 8)]
+    sizes = [size, *([(32, 2, 4)] if args.quick else [(256, 8, 8), (512, 8, 8)])]
     batches = (1, 4) if args.quick else (1, 64)
     for dim, depth, heads in sizes:
         sampler, _ = own(dim, depth, heads, "sdpa", device)

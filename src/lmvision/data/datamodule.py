@@ -150,8 +150,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     def train_images(self, limit: int | None = None) -> torch.Tensor:
         """Images of the training split as served (no augmentation), at most ``limit``."""
-        index = self.split["train"][:limit]
-        return torch.stack([self.eval_transform(self.dataset[int(i)]["image"]) for i in index])
+        data = self.unaugmented("train")
+        return torch.stack([data[i]["image"] for i in range(min(limit or len(data), len(data)))])
+
+    def unaugmented(self, split: str) -> Dataset:
+        """The items of ``split`` (train, val or test) with the evaluation transform: the
+        training images as they are, for probes and palettes."""
+        return TransformedSubset(self.dataset, self.split[split], self.eval_transform)
 
     @property
     def class_split(self) -> dict[str, Any]:

@@ -238,7 +238,8 @@ class PixelLMStrategy(Strategy):
 
         datamodule = self.trainer.datamodule
         datamodule.setup("test")
-        splits = {"train": datamodule.data_train, "val": datamodule.data_val,
+        # the probe reads the training images as they are, never augmented
+        splits = {"train": datamodule.unaugmented("train"), "val": datamodule.data_val,
                   "test": datamodule.data_test}
         # a run that tests only some batches (debug=fdr|limit) probes as many items per split
         tested = sum(self.trainer.num_test_batches) * datamodule.eval_batch_size
