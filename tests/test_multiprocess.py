@@ -161,3 +161,28 @@ def test_pixel_lm_under_ddp(tmp_path):
     metrics = read(run_dir / "metrics.json")
     assert {"test/bits_per_dim", "probe/acc_best", "val/bits_per_dim_best"} <= set(metrics)
     assert len(list((run_dir / "figures").glob("samples_*.png"))) == 4
+
+
+def test_captioner_under_ddp(tmp_path):
+    """The multi-task captioner under DDP (2 CPU processes): every parameter is used in every
+    step, captions of every test item are gathered from both processes for the caption scores,
+    and the faithfulness sums are reduced across them."""
+    run_dir = tmp_path / "captioner-ddp"
+    result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "experiment=captioner_shapes",
+                      "debug=limit", "data.num_images=300", "data.image_size=16",
+                      "trainer.limit_test_batches=1.0", "data.batch_size=32", "logger=csv",
+                      f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = read(run_dir / "run.json")
+    assert record["status"] == "completed" and record["device"]["world_size"] == 2
+    metrics = read(run_dir / "metrics.json")
+    assert {"test/bleu4", "test/cider", "explain/mention_rate", "explain/pointing"} <= set(metrics)
+    # the same checkpoint tested by one process gives the same scores (each item once)
+    out = tmp_path / "eval"
+    done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={record['tested_checkpoint']}",
+                    "trainer=cpu", "debug=limit", "trainer.limit_test_batches=1.0",
+                    f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = read(out / "metrics.json")
+    for key in ("test/bleu4", "test/cider", "test/acc", "explain/mention_rate"):
+        assert metrics[key] == pytest.approx(single[key], abs=1e-5), key

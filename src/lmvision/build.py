@@ -46,12 +46,16 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
     datamodule = instantiate(cfg.data.datamodule)
     if "tokenizer" not in cfg.strategy:
         return datamodule, instantiate(cfg.strategy)
-    node = OmegaConf.select(cfg, "text_encoder.tokenizer")
+    # a captioner's tokenizer learns from the training captions; the others' from the text
+    captions = "caption_tokenizer" in cfg.strategy
+    node = cfg.strategy.caption_tokenizer if captions else OmegaConf.select(cfg, "text_encoder.tokenizer")
     if node is None:
         raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
     if tokenizer is None:
-        tokenizer = instantiate(node)(datamodule.train_texts())
+        tokenizer = instantiate(node)(datamodule.train_texts("caption" if captions else "text"))
     net: dict[str, Any] = {}
+    if "tokenizer" in cfg.strategy.net and cfg.strategy.net.tokenizer is None:
+        net["tokenizer"] = tokenizer
     if "text_vocab_size" in cfg.strategy.net and cfg.strategy.net.text_vocab_size is None:
         net["text_vocab_size"] = len(tokenizer)
     if "text_encoder" in cfg.strategy.net and cfg.strategy.net.text_encoder is None:
@@ -65,7 +69,9 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
     if "classes" in cfg.strategy and cfg.strategy.classes is None:
         extra["classes"] = list(datamodule.classes)
     model = instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
-    datamodule.use_tokenizer(tokenizer, getattr(model, "text_keys", ()))  # what it reads per batch
+    # what it reads per batch, and fields it tokenises its own way (a captioner's captions)
+    datamodule.use_tokenizer(tokenizer, getattr(model, "text_keys", ()),
+                             getattr(model, "tokenizers_per_key", None))
     if getattr(model, "raw_pixels", False):  # it models pixel values: no normalisation
         datamodule.use_raw_pixels(augment=getattr(model, "augment_pixels", False))
     return datamodule, model

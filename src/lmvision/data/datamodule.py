@@ -165,12 +165,15 @@ class ImageDataModule(pl.LightningDataModule):
                 "shots_per_class": self.shots_per_class,
                 "items": {name: len(index) for name, index in self.split.items()}}
 
-    def use_tokenizer(self, tokenizer: Any | None, keys: Sequence[str] = ()) -> None:
+    def use_tokenizer(self, tokenizer: Any | None, keys: Sequence[str] = (),
+                      per_key: dict[str, Any] | None = None) -> None:
         """Tokenise the ``tokenize_keys`` fields, and ``keys`` (those a strategy needs), with
-        ``tokenizer`` in every batch from now on."""
+        ``tokenizer`` in every batch from now on; ``per_key`` gives some fields their own (a
+        captioner's ``caption`` tokenizer beside the ``text`` one)."""
         self.tokenizer = tokenizer
         keys = tuple(self.tokenize_keys) + tuple(k for k in keys if k not in self.tokenize_keys)
-        self.collate = BatchCollator(tokenizer, self.max_text_length, keys)
+        keys += tuple(k for k in (per_key or {}) if k not in keys)
+        self.collate = BatchCollator(tokenizer, self.max_text_length, keys, per_key)
 
     def texts(self, key: str = "text") -> list[str]:
         """The ``text`` (or ``caption``) string of every item, in dataset order."""
@@ -180,7 +183,11 @@ class ImageDataModule(pl.LightningDataModule):
         return list(strings)
 
     def train_texts(self, key: str = "text") -> list[str]:
-        """The strings of the training split only, e.g. to fit a tokenizer without test text."""
+        """The strings of the training split only, e.g. to fit a tokenizer without test text
+        (for ``caption``: every reference caption of the training images)."""
+        if key == "caption" and getattr(self.dataset, "references", None) is not None:
+            refs = self.dataset.references
+            return [r for i in self.split["train"].tolist() for r in refs[i]]
         strings = self.texts(key)
         return [strings[i] for i in self.split["train"].tolist()]
 

@@ -46,7 +46,7 @@ from lmvision.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when rendering changes: it invalidates caches
+GENERATOR_VERSION = 2  # bump when rendering changes: it invalidates caches
 
 # Hue band (degrees) shown in the image for each colour pair; both names of a pair share it.
 _PAIR_HUES = {"red": (0.0, 28.0), "green": (115.0, 160.0), "blue": (215.0, 265.0)}
@@ -68,6 +68,8 @@ class ShapesDataset(InMemoryDataset):
         seed: Seed of the generator; the same seed gives the same images and strings.
         colors: ``paired`` (colours of a pair share a hue band: the image shows the colour only
             up to its pair) or ``distinct`` (every colour has its own hue band).
+        num_captions: Reference captions per image (distinct phrasings, as COCO has five): the
+            item's ``references``; ``caption`` is the first of them.
         noise: Amplitude of the per-pixel sensor noise, in 8-bit levels (uniform integers in
             ``[-noise, noise]``); 0 renders clean images.
         cache_dir: Where rendered sets are cached (``None`` disables the cache).
@@ -81,6 +83,7 @@ class ShapesDataset(InMemoryDataset):
         seed: int = 0,
         colors: str = "paired",
         noise: int = 12,
+        num_captions: int = 5,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
         if int(num_images) < 1:
@@ -95,6 +98,10 @@ class ShapesDataset(InMemoryDataset):
             raise UserError(f"data.noise must be an integer in [0, 127] (8-bit levels), "
                             f"got {noise!r}")
         self.noise = int(noise)
+        if not 1 <= int(num_captions) <= len(_CAPTION_TEMPLATES):
+            raise UserError(f"data.num_captions must be between 1 and {len(_CAPTION_TEMPLATES)} "
+                            f"(distinct phrasings), got {num_captions!r}")
+        self.num_captions = int(num_captions)
         # classes that combine attributes: a holdout of classes keeps every part seen
         self.class_parts = spec.shapes_class_parts(target)
         self.num_images = int(num_images)
@@ -106,15 +113,24 @@ class ShapesDataset(InMemoryDataset):
         arrays, strings = self._load_or_render(cache_dir)
         self.images = torch.from_numpy(arrays["images"])  # (N, 3, H, W) uint8
         self.attributes = {k: arrays[k] for k in ("shape", "color", "size", "position")}
+        self.masks = torch.from_numpy(arrays["mask"])  # (N, H, W) bool: the object's pixels
         self.captions: list[str] = strings["captions"]
+        self.references: list[list[str]] = strings["references"]
         self.texts: list[str] = strings["texts"]
         self.labels = self._labels()
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["references"] = self.references[index]
+        item["mask"] = self.masks[index]
+        return item
 
     @property
     def fingerprint(self) -> str:
         """Content hash of the rendered set (images and strings), recorded in run.json."""
         h = hashlib.sha256(self.images.numpy().tobytes())
         h.update("\n".join(self.captions + self.texts).encode())
+        h.update("\n".join("\t".join(r) for r in self.references).encode())
         h.update(self.target.encode())
         return h.hexdigest()[:16]
 
@@ -138,12 +154,13 @@ class ShapesDataset(InMemoryDataset):
     # -- cache --------------------------------------------------------------------------
     def _cache_key(self) -> str:
         raw = (f"v{GENERATOR_VERSION}-n{self.num_images}-s{self.image_size}-seed{self.seed}"
-               f"-{self.colors}-noise{self.noise}")
+               f"-{self.colors}-noise{self.noise}-refs{self.num_captions}")
         return "shapes-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
 
     def _load_or_render(self, cache_dir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         if cache_dir is None:
-            return render_shapes(self.num_images, self.image_size, self.seed, self.colors, self.noise)
+            return render_shapes(self.num_images, self.image_size, self.seed, self.colors, self.noise,
+                                 self.num_captions)
         base = Path(cache_dir).expanduser() / self._cache_key()
         npz, js = base.with_suffix(".npz"), base.with_suffix(".json")
         if npz.is_file() and js.is_file():
@@ -156,7 +173,7 @@ class ShapesDataset(InMemoryDataset):
             except (OSError, ValueError, KeyError) as err:  # a broken cache is re-rendered
                 log.warning("shapes cache %s is unreadable (%s); rendering again", npz, err)
         arrays, strings = render_shapes(self.num_images, self.image_size, self.seed, self.colors,
-                                        self.noise)
+                                        self.noise, self.num_captions)
         # atomic: ranks and parallel jobs that render the same set never read half a file
         atomic_write(npz, lambda p: np.savez(p, **arrays))
         atomic_write(js, lambda p: Path(p).write_text(json.dumps(strings)))
@@ -167,7 +184,7 @@ class ShapesDataset(InMemoryDataset):
 # Rendering: everything is vectorised over the whole set (no Python loop per pixel or image).
 # ------------------------------------------------------------------------------------------
 def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "paired",
-                  noise: int = 12):
+                  noise: int = 12, num_captions: int = 1):
     """Render ``num_images`` images and their strings; returns ``(arrays, strings)``."""
     rng = np.random.default_rng(seed)
     n, s = num_images, image_size
@@ -192,11 +209,21 @@ def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "pa
     np.clip(img, 0.0, 255.0, out=img)
     images = img.astype(np.uint8)  # (N, 3, H, W)
 
+    attributes = list(zip(shape, color, size, position))
+    firsts = [_caption(rng, *a) for a in attributes]
     strings = {
-        "captions": [_caption(rng, *a) for a in zip(shape, color, size, position)],
+        "captions": [caption for caption, _ in firsts],
         "texts": [_side_text(rng, sh, co) for sh, co in zip(shape, color)],
     }
-    arrays = {"images": images, "shape": shape, "color": color, "size": size, "position": position}
+    # further phrasings from their own stream: the images and first captions stay as they were
+    more = np.random.default_rng([seed, 1])
+    strings["references"] = [
+        [caption] + [_caption(more, *a, template=int(t))[0] for t in
+                     more.permutation([t for t in range(len(_CAPTION_TEMPLATES)) if t != first])
+                     [:num_captions - 1]]
+        for (caption, first), a in zip(firsts, attributes)]
+    arrays = {"images": images, "shape": shape, "color": color, "size": size,
+              "position": position, "mask": mask}
     return arrays, strings
 
 
@@ -278,13 +305,15 @@ _TEXT_TEMPLATES = (
 )
 
 
-def _caption(rng, shape, color, size, position) -> str:
+def _caption(rng, shape, color, size, position, template: int | None = None) -> tuple[str, int]:
+    """A caption of the attributes and the index of its template (drawn unless given)."""
     size_word = _SIZE_WORDS[spec.SIZES[size]][rng.integers(3)]
-    template = _CAPTION_TEMPLATES[rng.integers(len(_CAPTION_TEMPLATES))]
-    return template.format(
+    drawn = int(rng.integers(len(_CAPTION_TEMPLATES)))
+    index = drawn if template is None else template
+    return _CAPTION_TEMPLATES[index].format(
         size=size_word, Size=size_word.capitalize(), color=spec.COLORS[color],
         shape=spec.SHAPES[shape], pos=_POSITION_WORDS[spec.POSITIONS[position]][rng.integers(3)],
-    )
+    ), index
 
 
 def _side_text(rng, shape, color) -> str:

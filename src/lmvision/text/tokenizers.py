@@ -145,3 +145,72 @@ def tokenizer_from_state(state: dict):
 
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(state["json"]),
                                    **state["special_tokens"])
+
+
+class CausalFormat:
+    """A tokenizer's output as a causal language model reads captions: ``[BOS] tokens [EOS]``,
+    padded on the right, with the attention mask marking real tokens (so labels can be masked on
+    padding).
+
+    BOS and EOS are the tokenizer's own (GPT-2's ``<|endoftext|>`` serves as both), or ``[CLS]``
+    and ``[SEP]`` for a BERT-style vocabulary; a tokenizer without a pad token (GPT-2's) pads
+    with EOS, which the mask hides. Called like a Hugging Face tokenizer, so the datamodule's
+    collate can use it for the ``caption`` field.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.bos_id = _first_id(tokenizer, "bos_token_id", "cls_token_id")
+        self.eos_id = _first_id(tokenizer, "eos_token_id", "sep_token_id")
+        if self.bos_id is None or self.eos_id is None:
+            raise UserError("the caption tokenizer has neither BOS/EOS nor [CLS]/[SEP] tokens; "
+                            "a causal decoder needs a start and an end token")
+        pad = tokenizer.pad_token_id
+        self.pad_id = self.eos_id if pad is None else pad
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def __call__(self, strings: list[str], max_length: int = 64, **_) -> dict:
+        import torch
+
+        pieces = self.tokenizer(list(strings), add_special_tokens=False)["input_ids"]
+        rows = [[self.bos_id, *ids[:max(max_length - 2, 0)], self.eos_id] for ids in pieces]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def decode(self, ids) -> str:
+        """The caption of one row of generated ids: up to the first EOS, without specials."""
+        ids = [int(i) for i in ids]
+        if self.eos_id in ids:
+            ids = ids[:ids.index(self.eos_id)]
+        text = self.tokenizer.decode([i for i in ids if i != self.bos_id],
+                                     skip_special_tokens=True)
+        return tidy(text)
+
+
+def tidy(text: str) -> str:
+    """Decoded text with the spaces a word-piece decoder puts around punctuation removed
+    (``"top - left ( small ) ."`` reads ``"top-left (small)."``)."""
+    import re
+
+    text = " ".join(text.split())
+    text = re.sub(r"\s+([.,;:!?)])", r"\1", text)
+    text = re.sub(r"\(\s+", "(", text)
+    return re.sub(r"(\w)\s*-\s*(\w)", r"\1-\2", text)
+
+
+def _first_id(tokenizer, *names: str) -> int | None:
+    for name in names:
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return None

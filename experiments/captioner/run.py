@@ -1,0 +1,170 @@
+"""Captioner study: does one model that decides and explains write good captions, and are its
+explanations faithful to its decisions? Writes README.md's results and the panel sheet beside it.
+
+    .venv/bin/python experiments/captioner/run.py --write-readme     # ~25 min on 2 CPU cores
+    .venv/bin/python experiments/captioner/run.py --quick            # a smoke run
+
+For each seed: `python -m lmvision.train experiment=captioner_shapes` (the multi-task
+captioner: caption scores against 5 references per test image, and explain/* at test), then
+`python -m lmvision.explain` on its last checkpoint over the test split with every saliency
+method (Grad-CAM, integrated gradients, occlusion): pointing per method beside the random-peak
+baseline, and the panel sheet. Last, decoding speed of the trained model on test images:
+captions per second at batch 1 and 64, greedy and beam search (4 beams), with and without the
+KV cache (the median of three timed runs after a warm-up), and whether greedy captions are
+identical with and without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
+from studies import mean_std  # noqa: E402
+
+METHODS = ("gradcam", "integrated_gradients", "occlusion")
+
+
+def explain(ckpt: Path, out: Path, limit: int | None) -> dict:
+    cmd = [sys.executable, "-m", "lmvision.explain", f"ckpt_path={ckpt}", f"hydra.run.dir={out}",
+           f"saliency=[{','.join(METHODS)}]"] + ([f"limit={limit}"] if limit else [])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"explain failed:\n{done.stderr[-3000:]}")
+    return json.loads((out / "metrics.json").read_text())
+
+
+def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:
+    """Captions per second of the trained captioner on test images."""
+    import torch
+    from omegaconf import OmegaConf
+
+    import lmvision.config  # noqa: F401  (resolvers)
+    from lmvision.config import config_dir
+    from lmvision.explain import load_strategy
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        base = compose("explain", overrides=[f"ckpt_path={ckpt}"], return_hydra_config=False)
+    OmegaConf.set_struct(base, False)
+    base.paths.output_dir = tempfile.mkdtemp()
+    model, datamodule, _ = load_strategy(str(ckpt), "ckpt_path", base)
+    datamodule.setup("test")
+    count = min(64, len(datamodule.data_test))
+    images = torch.stack([datamodule.data_test[i % count]["image"] for i in range(64)])
+    greedy_same = torch.equal(model.net.generate(images, use_cache=True),
+                              model.net.generate(images, use_cache=False))
+    rows = []
+    for batch in (1, 64):
+        for decoding in ("greedy", "beam"):
+            for cache in (True, False):
+                x = images[:batch]
+                times = []
+                for _ in range(2 if quick else 4):
+                    start = time.perf_counter()
+                    model.net.generate(x, decoding=decoding, num_beams=4, use_cache=cache)
+                    times.append(time.perf_counter() - start)
+                rows.append({"batch": batch, "decoding": decoding, "cache": cache,
+                             "captions_per_s": batch / statistics.median(times[1:])})
+                print(rows[-1], flush=True)
+    return rows, greedy_same
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    quick = ["data.num_images=300", "data.image_size=16", "trainer.max_epochs=1"] if args.quick else []
+
+    trained, explained = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            run_dir = Path(tmp) / f"captioner-{seed}"
+            r = studies.train(["experiment=captioner_shapes", "logger=csv", f"seed={seed}", *quick],
+                              run_dir)
+            trained.append(r)
+            print(f"seed {seed}: " + ", ".join(f"{k}={v:.4f}" for k, v in r.items()
+                                                if k.startswith(("test/", "explain/"))), flush=True)
+            ckpt = run_dir / "checkpoints" / "last.ckpt"
+            out = Path(tmp) / f"explain-{seed}"
+            explained.append(explain(ckpt, out, 40 if args.quick else None))
+            print(f"seed {seed} explain: {explained[-1]}", flush=True)
+            if seed == args.seeds[0]:
+                first_ckpt, sheet = ckpt, out / "explanations.png"
+                if args.write_readme:
+                    shutil.copy(sheet, HERE / "explanations.png")
+                speed, greedy_same = decoding_speed(first_ckpt, args.quick)
+
+    def col(rows, key):
+        values = [r[key] for r in rows if key in r]
+        return mean_std(values) if values else "—"
+
+    def mean(rows, key):
+        return statistics.mean(r[key] for r in rows)
+
+    checks = [
+        ("test/bleu4 ≥ 0.5 (5 references per image)", mean(trained, "test/bleu4") >= 0.5,
+         f"{mean(trained, 'test/bleu4'):.4f}"),
+        ("explain/mention_rate ≥ 0.9", mean(explained, "explain/mention_rate") >= 0.9,
+         f"{mean(explained, 'explain/mention_rate'):.4f}"),
+        ("explain/consistency ≥ 0.9", mean(explained, "explain/consistency") >= 0.9,
+         f"{mean(explained, 'explain/consistency'):.4f}"),
+        ("explain/pointing ≥ 0.8 for one saliency method", mean(explained, "explain/pointing") >= 0.8,
+         f"{mean(explained, 'explain/pointing'):.4f}"),
+        ("greedy captions identical with and without the KV cache", greedy_same, str(greedy_same)),
+    ]
+    by = {(r["batch"], r["decoding"], r["cache"]): r["captions_per_s"] for r in speed}
+    lines = [
+        f"{studies.environment_line()} Seeds {', '.join(map(str, args.seeds))}. Command: "
+        f"`python experiments/captioner/run.py{' --quick' if args.quick else ''} --write-readme`.",
+        "",
+        "| caption scores (test, 5 references) | BLEU-1 | BLEU-4 | ROUGE-L | CIDEr | test/acc (head) |",
+        "|---|---|---|---|---|---|",
+        f"| multi-task captioner | {col(trained, 'test/bleu1')} | {col(trained, 'test/bleu4')} | "
+        f"{col(trained, 'test/rougeL')} | {col(trained, 'test/cider')} | {col(trained, 'test/acc')} |",
+        "",
+        "| faithfulness (test split, lmvision-explain) | value |",
+        "|---|---|",
+        f"| mention rate (caption names the predicted class) | {col(explained, 'explain/mention_rate')} |",
+        f"| consistency (text classifier on the caption ÷ image accuracy) | "
+        f"{col(explained, 'explain/consistency')} |",
+        f"| counterfactual (object masked: caption and prediction change together) | "
+        f"{col(explained, 'explain/counterfactual')} |",
+        *[f"| pointing, {m.replace('_', ' ')} | {col(explained, f'explain/pointing_{m}')} |"
+          for m in METHODS],
+        f"| pointing, a random peak (the object's share of the image) | "
+        f"{col(explained, 'explain/pointing_random')} |",
+        "",
+        "| decoding (captions / s) | greedy, KV cache | greedy, no cache | beam 4, KV cache | "
+        "beam 4, no cache |",
+        "|---|---|---|---|---|",
+        *[f"| batch {b} | {by[(b, 'greedy', True)]:.1f} | {by[(b, 'greedy', False)]:.1f} | "
+          f"{by[(b, 'beam', True)]:.1f} | {by[(b, 'beam', False)]:.1f} |" for b in (1, 64)],
+        "",
+        *[f"- {'PASS' if ok else 'FAIL'}: {name} ({value})" for name, ok, value in checks],
+        f"- KV cache speed-up, greedy: {by[(1, 'greedy', True)] / by[(1, 'greedy', False)]:.2f}× "
+        f"at batch 1, {by[(64, 'greedy', True)] / by[(64, 'greedy', False)]:.2f}× at batch 64",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_readme:
+        studies.write_results(HERE / "README.md", text)
+        (HERE / "results.json").write_text(json.dumps(
+            {"train": trained, "explain": explained, "speed": speed}, indent=1) + "\n")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,277 @@
+"""Strategy `captioner`: caption tokenizers, decoding, caption metrics, faithfulness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmvision.data.collate import BatchCollator
+from lmvision.data.shapes import ShapesDataset
+from lmvision.errors import UserError
+from lmvision.faithfulness import Faithfulness, mask_out, pointing_hits
+from lmvision.nn.captioner import Captioner
+from lmvision.nn.image_encoders import SmallCNN
+from lmvision.text.caption_metrics import caption_scores, mentions
+from lmvision.text.tokenizers import (CausalFormat, WordPieceTokenizer, tokenizer_from_state,
+                                      tokenizer_state)
+from lmvision.train import train
+
+CAPTIONS = ["a red circle in the top left", "a big blue square", "one green cross (small)"]
+
+
+def wordpiece(tmp_path: Path | None = None):
+    return WordPieceTokenizer(vocab_size=80, save_dir=tmp_path)(CAPTIONS * 3)
+
+
+def gpt2_style_tokenizer():
+    """A byte-level BPE with GPT-2's single special token and no pad token, built here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CAPTIONS * 3, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                   eos_token="<|endoftext|>")
+
+
+# -- tokenizers --------------------------------------------------------------------------------
+def test_causal_format_with_a_trained_wordpiece_tokenizer(tmp_path):
+    tokenizer = wordpiece(tmp_path / "tok")
+    assert (tmp_path / "tok" / "tokenizer.json").is_file()  # saved with the run
+    fmt = CausalFormat(tokenizer)
+    assert (fmt.bos_id, fmt.eos_id) == (tokenizer.cls_token_id, tokenizer.sep_token_id)
+    enc = fmt(CAPTIONS[:2])
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert ids[0, 0] == fmt.bos_id and ids[1, 0] == fmt.bos_id
+    ends = mask.sum(1) - 1
+    assert ids[0, ends[0]] == fmt.eos_id and ids[1, ends[1]] == fmt.eos_id
+    assert (ids[mask == 0] == tokenizer.pad_token_id).all() and (mask[1, ends[1] + 1:] == 0).all()
+    assert fmt.decode(ids[0, 1:]) == CAPTIONS[0]
+    # the same tokenizer after a trip through a checkpoint encodes identically
+    again = CausalFormat(tokenizer_from_state(tokenizer_state(tokenizer)))
+    assert torch.equal(again(CAPTIONS)["input_ids"], fmt(CAPTIONS)["input_ids"])
+
+
+def test_causal_format_pads_with_eos_when_there_is_no_pad_token():
+    tokenizer = gpt2_style_tokenizer()
+    assert tokenizer.pad_token_id is None
+    fmt = CausalFormat(tokenizer)
+    eos = tokenizer.eos_token_id
+    assert fmt.bos_id == fmt.eos_id == fmt.pad_id == eos
+    enc = fmt(["a big blue square", "a red circle in the top left"])
+    short = enc["attention_mask"][0]
+    assert short.sum() < len(short)  # padded, and the mask hides the padding
+    assert fmt.decode(enc["input_ids"][1, 1:]) == "a red circle in the top left"
+
+
+def test_the_collate_tokenises_caption_with_its_own_tokenizer():
+    items = [{"image": torch.zeros(3, 4, 4), "label": 0, "text": "some side text",
+              "caption": c, "references": [c, c.upper()], "mask": torch.ones(4, 4, dtype=torch.bool)}
+             for c in CAPTIONS]
+    text_tok, caption_fmt = wordpiece(), CausalFormat(gpt2_style_tokenizer())
+    batch = BatchCollator(text_tok, 32, ("text", "caption"), {"caption": caption_fmt})(items)
+    assert batch["text_ids"][0, 0] == text_tok.cls_token_id
+    assert batch["caption_ids"][0, 0] == caption_fmt.bos_id != text_tok.cls_token_id
+    assert batch["references"][2] == [CAPTIONS[2], CAPTIONS[2].upper()]
+    assert batch["mask"].shape == (3, 4, 4)
+
+
+# -- shapes references and masks ---------------------------------------------------------------
+def test_shapes_have_distinct_reference_captions_and_object_masks():
+    data = ShapesDataset(40, 16, seed=0, colors="distinct", noise=0, num_captions=5)
+    plain = ShapesDataset(40, 16, seed=0, colors="distinct", noise=0, num_captions=1)
+    assert torch.equal(data.images, plain.images) and data.captions == plain.captions
+    for i in range(40):
+        refs = data[i]["references"]
+        assert len(refs) == 5 and len(set(refs)) == 5 and refs[0] == data[i]["caption"]
+        assert all(mentions(r, data.classes[int(data.labels[i])]) for r in refs)
+        image, mask = data[i]["image"], data[i]["mask"]
+        inside = image[:, mask].T.unique(dim=0)
+        assert len(inside) == 1 and not (image[:, ~mask] == inside.T).all(0).any()
+    with pytest.raises(UserError, match="data.num_captions must be between 1 and 8"):
+        ShapesDataset(10, 16, num_captions=9)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def test_caption_metrics_on_a_hand_checked_example():
+    refs = [["A red circle in the top left."]]
+    scores = caption_scores(["a red circle"], refs)
+    # BLEU-1: every word matches (precision 1), brevity penalty exp(1 - 7/3)
+    assert scores["bleu1"] == pytest.approx(0.2636, abs=1e-3)
+    # ROUGE-L: LCS 3, precision 3/3, recall 3/7, beta 1.2
+    p, r, b2 = 1.0, 3 / 7, 1.2 ** 2
+    assert scores["rougeL"] == pytest.approx((1 + b2) * p * r / (r + b2 * p), abs=1e-4)
+    perfect = caption_scores(["a red circle in the top left", "a blue square"],
+                             [["a red circle in the top left"], ["a blue square", "blue square"]])
+    assert perfect["bleu4"] == pytest.approx(1.0, abs=1e-6) and perfect["rougeL"] == 1.0
+    wrong = caption_scores(["the cat sat", "on a mat"],
+                           [["a red circle in the top left"], ["a blue square", "blue square"]])
+    assert wrong["cider"] < perfect["cider"] and wrong["bleu4"] < 1e-6
+    assert caption_scores([""], refs)["bleu1"] < 1e-9  # an empty caption scores nothing
+
+
+def test_faithfulness_parts():
+    assert mentions("There is a large Red circle.", "circle")
+    assert not mentions("a circular thing", "circle")
+    images = torch.zeros(2, 3, 4, 4)
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, 1:3, 1:3] = True
+    images[:, 0][masks] = 1.0
+    images[:, 1] = 0.2
+    cleared = mask_out(images, masks)
+    assert torch.allclose(cleared[:, 0], torch.zeros(2, 4, 4))  # object gone, background stays
+    assert torch.allclose(cleared[:, 1], torch.full((2, 4, 4), 0.2))
+    maps = torch.zeros(2, 4, 4)
+    maps[0, 2, 2] = 1.0  # on the object
+    maps[1, 0, 3] = 1.0  # off it
+    assert pointing_hits(maps, masks).tolist() == [True, False]
+    f = Faithfulness(["circle", "square"], None)
+    f.update(["a circle", "a circle"], torch.tensor([0, 1]), torch.tensor([0, 0]))
+    f.update_pointing("gradcam", maps, masks)
+    values = Faithfulness.metrics(*f.totals())
+    assert values["explain/mention_rate"] == 0.5 and values["explain/pointing"] == 0.5
+    assert values["explain/pointing_random"] == pytest.approx(4 / 16)
+
+
+# -- the model and its decoding ----------------------------------------------------------------
+def tiny_captioner(tokenizer, **kwargs) -> Captioner:
+    torch.manual_seed(0)
+    return Captioner(SmallCNN(3, (8, 16), 16), 16, 3, tokenizer, num_classes=4, dim=32, depth=2,
+                     heads=2, max_length=12, mapping_hidden=32, **kwargs).eval()
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "beam", "nucleus"])
+def test_each_decoding_mode_runs_batched(decoding):
+    model = tiny_captioner(wordpiece())
+    images = torch.rand(3, 3, 16, 16)
+    torch.manual_seed(1)
+    ids = model.generate(images, decoding=decoding, num_beams=3)
+    assert ids.shape[0] == 3 and ids.shape[1] <= 11
+    if decoding == "nucleus":  # seeded sampling repeats itself
+        torch.manual_seed(1)
+        assert torch.equal(model.generate(images, decoding=decoding), ids)
+    with pytest.raises(UserError, match="choose one of greedy, beam, nucleus"):
+        model.generate(images, decoding="sample")
+
+
+def test_greedy_decoding_is_the_same_with_and_without_the_cache():
+    model = tiny_captioner(wordpiece())
+    images = torch.rand(4, 3, 16, 16)
+    cached = model.generate(images, use_cache=True)
+    uncached = model.generate(images, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_a_pretrained_decoder_loads_from_a_local_directory(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = gpt2_style_tokenizer()
+    path = tmp_path / "tiny-gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2,
+                               n_positions=64)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    model = tiny_captioner(tokenizer, decoder_name=str(path), freeze_decoder=True)
+    assert model.decoder.config.n_embd == 32
+    assert not any(p.requires_grad for p in model.decoder.parameters())
+    assert model.generate(torch.rand(2, 3, 16, 16)).shape[0] == 2
+    with pytest.raises(UserError, match="strategy.net.decoder_name"):
+        tiny_captioner(tokenizer, decoder_name=str(tmp_path / "missing"))
+
+
+# -- the strategy ------------------------------------------------------------------------------
+def test_the_multitask_captioner_trains_and_reports_caption_and_explain_metrics(make_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg("experiment=captioner_shapes", "data.num_images=200", "data.image_size=16",
+                   "trainer.max_epochs=1", "logger=csv", output_dir=run))
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test/bleu4", "test/rougeL", "test/cider", "test/acc", "explain/mention_rate",
+                "explain/consistency", "explain/counterfactual", "explain/pointing_gradcam",
+                "explain/pointing_integrated_gradients", "explain/pointing_random",
+                "val/cider_best"):
+        assert key in metrics, key
+    assert (run / "caption_tokenizer" / "tokenizer.json").is_file()
+    ckpt = torch.load(next((run / "checkpoints").glob("last.ckpt")), weights_only=False)
+    assert "lmvision_tokenizer" in ckpt  # the caption tokenizer travels with the weights
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["strategy.decoding=sample"], "strategy.decoding='sample': choose one of"),
+    (["strategy.net.num_classes=0"], "classifier_weight > 0 needs a classification head"),
+    (["strategy.saliency=[lime_v2]"], "strategy.saliency: 'lime_v2' is not one of"),
+])
+def test_captioner_errors_before_training(make_cfg, overrides, match):
+    with pytest.raises(UserError, match=match):
+        train(make_cfg("experiment=captioner_shapes", "data.num_images=200", "logger=csv",
+                       "debug=fdr", *overrides))
+
+
+# -- lmvision-explain --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory):
+    """A multi-task captioner and a separate image classifier, trained one epoch each on the
+    same small shapes data."""
+    from conftest import compose
+
+    base = tmp_path_factory.mktemp("pair")
+    data = ["data.num_images=200", "data.image_size=16", "data.colors=distinct", "data.noise=0",
+            "trainer.max_epochs=1", "logger=csv"]
+    runs = {}
+    for name, extra in (("captioner", ["experiment=captioner_shapes"]),
+                        ("classifier", ["strategy=image_classifier"])):
+        runs[name] = base / name
+        train(compose([*extra, *data], runs[name], "train"))
+    return {k: v / "checkpoints" / "last.ckpt" for k, v in runs.items()}
+
+
+def test_explain_a_folder_of_png_files_with_a_separate_classifier(trained_pair, tmp_path):
+    from PIL import Image
+
+    from lmvision.explain import explain
+    from conftest import compose
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    data = ShapesDataset(3, 24, seed=5, colors="distinct", noise=0)  # another size: resized
+    for i in range(3):
+        Image.fromarray(data.images[i].permute(1, 2, 0).numpy()).save(folder / f"shape{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "explained"
+    cfg = compose([f"ckpt_path={trained_pair['captioner']}", f"classifier_path={trained_pair['classifier']}",
+                   f"images={folder}"], out, "explain")
+    assert explain(cfg) == {}  # no labels or masks: no faithfulness metrics
+    rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["shape0.png", "shape1.png", "shape2.png"]
+    for row in rows:
+        assert row["predicted"] in data.classes and 0.0 <= row["confidence"] <= 1.0
+        assert isinstance(row["caption"], str)
+        assert {"peak_gradcam", "peak_integrated_gradients"} <= set(row)
+    assert (out / "explanations.png").stat().st_size > 1000
+    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+
+
+def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
+    from lmvision.explain import explain
+    from conftest import compose
+
+    out = tmp_path / "explained"
+    metrics = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=20",
+                               "saliency=[gradcam,occlusion]"], out, "explain"))
+    for key in ("explain/mention_rate", "explain/consistency", "explain/counterfactual",
+                "explain/pointing_gradcam", "explain/pointing_occlusion", "explain/pointing",
+                "explain/pointing_random"):
+        assert 0.0 <= metrics[key] <= 2.0, key
+    rows = (out / "explanations.jsonl").read_text().splitlines()
+    assert len(rows) == 20 and "on_object_gradcam" in json.loads(rows[0])
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    with pytest.raises(UserError, match="expected a captioner checkpoint"):
+        explain(compose([f"ckpt_path={trained_pair['classifier']}"], tmp_path / "bad", "explain"))
+    with pytest.raises(UserError, match="images=.*no such file or folder"):
+        explain(compose([f"ckpt_path={trained_pair['captioner']}", f"images={tmp_path / 'nope'}"],
+                        tmp_path / "bad2", "explain"))
