@@ -203,7 +203,7 @@ def test_the_multitask_captioner_trains_and_reports_caption_and_explain_metrics(
 
 @pytest.mark.parametrize("overrides, match", [
     (["strategy.decoding=sample"], "strategy.decoding='sample': choose one of"),
-    (["strategy.net.num_classes=0"], "classifier_weight > 0 needs a classification head"),
+    (["strategy.net.num_classes=0"], "goes with strategy.classifier_weight > 0"),
     (["strategy.saliency=[lime_v2]"], "strategy.saliency: 'lime_v2' is not one of"),
 ])
 def test_captioner_errors_before_training(make_cfg, overrides, match):

@@ -18,7 +18,8 @@ from conftest import ROOT, compose, run_cli
 
 pytestmark = pytest.mark.slow
 
-ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate"}
+ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate",
+                ".venv/bin/lmvision-explain": "lmvision.explain"}
 NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT", "gpt2")
 
 
@@ -45,11 +46,15 @@ def trained_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def named_runs(tmp_path_factory):
-    """The runs the README names by kind: a pixel_lm_digits run, and a judge for gen/acc."""
+    """The runs the README names by kind: a pixel_lm_digits run, a judge for gen/acc (also the
+    classifier that lmvision-explain pairs with a captioner), and a captioner_shapes run."""
     from lmvision.train import train
 
     base = tmp_path_factory.mktemp("readme-named")
-    runs = {"<pixel_lm_digits run>": base / "pixel", "<judge run>": base / "judge"}
+    runs = {"<pixel_lm_digits run>": base / "pixel", "<judge run>": base / "judge",
+            "<captioner_shapes run>": base / "captioner"}
+    train(compose(["experiment=captioner_shapes", "data.image_size=16", "data.num_images=300",
+                   "logger=csv", "debug=limit"], runs["<captioner_shapes run>"]))
     train(compose(["experiment=pixel_lm_digits", "logger=csv", "debug=limit",
                    "strategy.samples=0"], runs["<pixel_lm_digits run>"]))
     train(compose(["data.image_size=16", "data.colors=distinct", "data.num_images=300",
@@ -67,6 +72,15 @@ def test_readme_command_runs(command, trained_run, named_runs, tmp_path):
     args = ["-m", ENTRY_POINTS[words[0]], *words[1:]]
     if any(flag in words for flag in ("--help", "--cfg")):
         pass
+    elif words[0].endswith("lmvision-explain"):  # a few images; a folder of them where named
+        from PIL import Image
+
+        for word in words:
+            if word.startswith("images=") and word != "images=test":
+                folder = tmp_path / word.split("=", 1)[1]
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (16, 16), (200, 40, 40)).save(folder / "red.png")
+        args += ["limit=8", f"hydra.run.dir={tmp_path / 'out'}"]
     elif any(need in command for need in NEEDS_GPU_OR_NETWORK):
         args += ["--cfg", "job"]
     else:

@@ -30,6 +30,7 @@ def register_resolvers() -> None:
     """
     resolvers = {
         "lmv.choose": choose,
+        "lmv.when_positive": when_positive,
         "lmv.num_classes": spec.num_classes,
         "lmv.task": spec.task,
         "lmv.minilm_path": minilm_path,
@@ -48,6 +49,12 @@ def choose(option, key, *pairs):
 
         raise UserError(f"{option}={key!r}: choose one of {', '.join(map(str, table))}")
     return table[key]
+
+
+def when_positive(weight, value, otherwise=0):
+    """``${lmv.when_positive:${..classifier_weight},${data.num_classes}}``: ``value`` when
+    ``weight`` > 0, else ``otherwise`` (a head exists only when its loss is weighted)."""
+    return value if float(weight) > 0 else otherwise
 
 
 register_resolvers()

@@ -58,9 +58,10 @@ class CaptionerStrategy(Strategy):
             raise UserError(f"strategy.decoding={decoding!r}: choose one of {', '.join(DECODINGS)}")
         if classifier_weight < 0:
             raise UserError(f"strategy.classifier_weight must be >= 0, got {classifier_weight}")
-        if classifier_weight > 0 and net.head is None:
-            raise UserError("strategy.classifier_weight > 0 needs a classification head: "
-                            "strategy.net.num_classes > 0")
+        if (classifier_weight > 0) != (net.head is not None):
+            raise UserError("a classification head (strategy.net.num_classes > 0) goes with "
+                            "strategy.classifier_weight > 0, and only with it (an unweighted "
+                            "head would never learn)")
         unknown = [m for m in saliency or () if m not in SALIENCY_METHODS]
         if unknown:
             raise UserError(f"strategy.saliency: {unknown[0]!r} is not one of "
