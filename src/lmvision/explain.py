@@ -121,7 +121,7 @@ def test_batches(datamodule, limit: int | None):
 
 def explain(cfg: DictConfig) -> dict[str, float]:
     from lmvision import build, runs
-    from lmvision.faithfulness import (SALIENCY_METHODS, Faithfulness, mask_out, saliency)
+    from lmvision.faithfulness import SALIENCY_METHODS, Faithfulness, black, mask_out, saliency
     from lmvision.files import write_json
     from lmvision.strategies.captioner import CaptionerStrategy, train_text_classifier
 
@@ -162,8 +162,8 @@ def explain(cfg: DictConfig) -> dict[str, float]:
                 probs = forward(images, batch).softmax(1)
             confidence, predicted = probs.max(1)
             captions = captioner.captions(images)
-            maps = {m: saliency(m, lambda x: forward(x, batch), encoder, images, predicted)
-                    for m in methods}
+            maps = {m: saliency(m, lambda x: forward(x, batch), encoder, images, predicted,
+                                black(datamodule)) for m in methods}
             if "label" in batch and on_test:
                 faith.update(captions, predicted, batch["label"])
                 if "mask" in batch:

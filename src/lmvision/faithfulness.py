@@ -68,9 +68,20 @@ def last_conv(module: nn.Module) -> nn.Module:
     return (spatial or convs)[-1]
 
 
+def black(datamodule) -> torch.Tensor:
+    """(C,) the value of a black pixel as the network sees it (after normalisation): the
+    baseline of integrated gradients and the fill of occlusion, as in their papers."""
+    mean = torch.as_tensor(datamodule.mean, dtype=torch.float32)
+    std = torch.as_tensor(datamodule.std, dtype=torch.float32)
+    return (0.0 - mean) / std
+
+
 def saliency(method: str, forward: Callable[[torch.Tensor], torch.Tensor], encoder: nn.Module,
-             images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) non-negative saliency of ``forward(images)[target]`` by a Captum method."""
+             images: torch.Tensor, targets: torch.Tensor,
+             baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W) non-negative saliency of ``forward(images)[target]`` by a Captum method;
+    ``baseline`` (C,) is the reference pixel of integrated gradients and occlusion (default:
+    zeros)."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
 
     if method not in SALIENCY_METHODS:
@@ -78,8 +89,10 @@ def saliency(method: str, forward: Callable[[torch.Tensor], torch.Tensor], encod
     with torch.inference_mode(False), torch.enable_grad():
         x = images.detach().clone().requires_grad_(method == "integrated_gradients")
         targets = targets.detach().clone()
+        reference = torch.zeros_like(x) if baseline is None else \
+            baseline.to(x).view(1, -1, 1, 1).expand_as(x).contiguous()
         if method == "integrated_gradients":
-            attr = IntegratedGradients(forward).attribute(x, baselines=torch.zeros_like(x),
+            attr = IntegratedGradients(forward).attribute(x, baselines=reference,
                                                           target=targets, n_steps=16,
                                                           internal_batch_size=len(x) * 16)
             return attr.abs().sum(1).detach()
@@ -88,8 +101,9 @@ def saliency(method: str, forward: Callable[[torch.Tensor], torch.Tensor], encod
             cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
             return cam.squeeze(1).clamp(min=0).detach()
         side = max(2, x.shape[-1] // 8)
-        attr = Occlusion(forward).attribute(x, target=targets, sliding_window_shapes=(x.shape[1], side, side),
-                                            strides=(x.shape[1], max(1, side // 2), max(1, side // 2)))
+        attr = Occlusion(forward).attribute(
+            x, target=targets, baselines=reference, sliding_window_shapes=(x.shape[1], side, side),
+            strides=(x.shape[1], max(1, side // 2), max(1, side // 2)))
         return attr.sum(1).clamp(min=0).detach()
 
 

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from lmvision.errors import UserError
-from lmvision.faithfulness import SALIENCY_METHODS, Faithfulness, TextClassifier, mask_out, saliency
+from lmvision.faithfulness import (SALIENCY_METHODS, Faithfulness, TextClassifier, black,
+                                   mask_out, saliency)
 from lmvision.nn.captioner import DECODINGS, Captioner
 from lmvision.strategies.base import Strategy
 from lmvision.strategies.metrics import SplitMetrics
@@ -126,7 +127,7 @@ class CaptionerStrategy(Strategy):
                                                 masked_predicted)
         for method in self.saliency_methods:
             maps = saliency(method, self.classifier_forward, self.net.image_encoder,
-                            batch["image"], predicted)
+                            batch["image"], predicted, black(self.trainer.datamodule))
             self.faithfulness.update_pointing(method, maps, batch["mask"])
 
     def classifier_forward(self, images: torch.Tensor) -> torch.Tensor:
