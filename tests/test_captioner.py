@@ -201,6 +201,14 @@ def test_the_multitask_captioner_trains_and_reports_caption_and_explain_metrics(
     assert "lmvision_tokenizer" in ckpt  # the caption tokenizer travels with the weights
 
 
+def test_a_pretrained_decoder_and_its_tokenizer_by_path_from_the_config(make_cfg, tiny_causal_lm):
+    """The route a user with network takes with `gpt2`, through a local directory here."""
+    metrics = train(make_cfg("experiment=captioner_shapes", "data.num_images=200", "logger=csv",
+                             "debug=fdr", f"strategy.net.decoder_name='{tiny_causal_lm}'",
+                             f"strategy.caption_tokenizer.name_or_path='{tiny_causal_lm}'"))
+    assert "test/bleu4" in metrics
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["strategy.decoding=sample"], "strategy.decoding='sample': choose one of"),
     (["strategy.net.num_classes=0"], "goes with strategy.classifier_weight > 0"),

@@ -147,13 +147,36 @@ def tokenizer_from_state(state: dict):
                                    **state["special_tokens"])
 
 
+class CaptionTokenizer:
+    """A captioner's tokenizer: a pretrained one by name or path (the decoder's own, e.g.
+    ``gpt2``), or WordPiece learned from the training captions and saved.
+
+    Args:
+        name_or_path: Hub id or local directory of a pretrained tokenizer; ``None`` learns one.
+        vocab_size, save_dir: Of the learned WordPiece vocabulary (see
+            :class:`WordPieceTokenizer`).
+    """
+
+    def __init__(self, name_or_path: str | None = None, vocab_size: int = 400,
+                 save_dir: str | None = None) -> None:
+        self.name_or_path, self.vocab_size, self.save_dir = name_or_path, vocab_size, save_dir
+
+    def __call__(self, texts: list[str]):
+        if self.name_or_path:
+            from transformers import AutoTokenizer
+
+            return from_pretrained(AutoTokenizer, str(self.name_or_path),
+                                   "strategy.caption_tokenizer.name_or_path")
+        return WordPieceTokenizer(self.vocab_size, self.save_dir)(texts)
+
+
 class CausalFormat:
     """A tokenizer's output as a causal language model reads captions: ``[BOS] tokens [EOS]``,
     padded on the right, with the attention mask marking real tokens (so labels can be masked on
     padding).
 
-    BOS and EOS are the tokenizer's own (GPT-2's ``<|endoftext|>`` serves as both), or ``[CLS]``
-    and ``[SEP]`` for a BERT-style vocabulary; a tokenizer without a pad token (GPT-2's) pads
+    BOS and EOS are the tokenizer's own (GPT-2's ``<|endoftext|>`` serves as both; a tokenizer
+    with only an EOS starts with it too), or ``[CLS]`` and ``[SEP]`` for a BERT-style vocabulary; a tokenizer without a pad token (GPT-2's) pads
     with EOS, which the mask hides. Called like a Hugging Face tokenizer, so the datamodule's
     collate can use it for the ``caption`` field.
 
@@ -163,7 +186,7 @@ class CausalFormat:
 
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.bos_id = _first_id(tokenizer, "bos_token_id", "cls_token_id")
+        self.bos_id = _first_id(tokenizer, "bos_token_id", "cls_token_id", "eos_token_id")
         self.eos_id = _first_id(tokenizer, "eos_token_id", "sep_token_id")
         if self.bos_id is None or self.eos_id is None:
             raise UserError("the caption tokenizer has neither BOS/EOS nor [CLS]/[SEP] tokens; "
