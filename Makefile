@@ -29,11 +29,13 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m lmvision.train $(ARGS)
 
+# files run in parallel, one worker per core (a file's tests stay together: they share fixtures)
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
