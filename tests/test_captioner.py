@@ -232,7 +232,8 @@ def trained_pair(tmp_path_factory):
             "trainer.max_epochs=1", "logger=csv"]
     runs = {}
     for name, extra in (("captioner", ["experiment=captioner_shapes"]),
-                        ("classifier", ["strategy=image_classifier"])):
+                        ("classifier", ["strategy=image_classifier"]),
+                        ("fusion", ["strategy=fusion", "text_encoder=scratch"])):
         runs[name] = base / name
         train(compose([*extra, *data], runs[name], "train"))
     return {k: v / "checkpoints" / "last.ckpt" for k, v in runs.items()}
@@ -278,6 +279,13 @@ def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
     rows = (out / "explanations.jsonl").read_text().splitlines()
     assert len(rows) == 20 and "on_object_gradcam" in json.loads(rows[0])
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    # a fusion classifier reads its side text: batches come from its own data
+    fused = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=8", "saliency=[gradcam]",
+                             f"classifier_path={trained_pair['fusion']}"], tmp_path / "fused", "explain"))
+    assert 0.0 <= fused["explain/pointing_gradcam"] <= 1.0
+    with pytest.raises(UserError, match="side text"):
+        explain(compose([f"ckpt_path={trained_pair['captioner']}", f"images={tmp_path}",
+                         f"classifier_path={trained_pair['fusion']}"], tmp_path / "bad3", "explain"))
     with pytest.raises(UserError, match="expected a captioner checkpoint"):
         explain(compose([f"ckpt_path={trained_pair['classifier']}"], tmp_path / "bad", "explain"))
     with pytest.raises(UserError, match="images=.*no such file or folder"):

@@ -79,6 +79,25 @@ def decision(model):
     return (lambda images, batch: model.logits({**batch, "image": images})), encoder
 
 
+def reads_side_text(model) -> bool:
+    """Whether a classifier reads each image's text besides its pixels (``fusion``)."""
+    from lmvision.strategies.fusion import FusionStrategy
+
+    return isinstance(model, FusionStrategy)
+
+
+def check_same_images(classifier_data, captioner_data) -> None:
+    """The classifier and the captioner must see the same classes and the same images."""
+    for what, a, b in (("classes", list(classifier_data.classes), list(captioner_data.classes)),
+                       ("image size", classifier_data.image_size, captioner_data.image_size),
+                       ("channels", classifier_data.channels, captioner_data.channels),
+                       ("normalisation", (list(classifier_data.mean), list(classifier_data.std)),
+                        (list(captioner_data.mean), list(captioner_data.std)))):
+        if a != b:
+            raise UserError(f"classifier_path and ckpt_path were trained with different {what} "
+                            f"({a} and {b})")
+
+
 def folder_batches(source: Path, datamodule, batch_size: int):
     """Batches of image files (a file or every image in a folder), resized to the data's size
     and normalised as in training; names instead of labels."""
@@ -140,8 +159,9 @@ def explain(cfg: DictConfig) -> dict[str, float]:
         classifier = captioner
         if cfg.get("classifier_path"):
             classifier, classifier_data, _ = load_strategy(cfg.classifier_path, "classifier_path", cfg)
-            if list(classifier_data.classes) != list(datamodule.classes):
-                raise UserError("classifier_path and ckpt_path were trained on different classes")
+            check_same_images(classifier_data, datamodule)
+            # batches come from the classifier's data: a fusion model reads its own text tokens
+            datamodule = classifier_data
         forward, encoder = decision(classifier)
         if "gradcam" in methods and encoder is None:
             raise UserError("saliency=gradcam needs a classifier with an image encoder")
@@ -151,6 +171,9 @@ def explain(cfg: DictConfig) -> dict[str, float]:
         on_test = source == "test"
         if not on_test and not Path(source).expanduser().exists():
             raise UserError(f"images={source}: no such file or folder (or use images=test)")
+        if not on_test and reads_side_text(classifier):
+            raise UserError("the classifier (fusion) reads each image's side text, which image "
+                            "files do not have: explain it on images=test")
         batches = (test_batches(datamodule, cfg.get("limit")) if on_test
                    else folder_batches(Path(source).expanduser(), datamodule, cfg.batch_size))
         classes = list(datamodule.classes)
