@@ -117,6 +117,19 @@ def test_caption_metrics_on_a_hand_checked_example():
     assert caption_scores([""], refs)["bleu1"] < 1e-9  # an empty caption scores nothing
 
 
+@pytest.mark.slow
+def test_meteor_where_java_is_installed():
+    import shutil
+
+    if shutil.which("java") is None:
+        pytest.skip("no Java here: METEOR is not available (the other scores are)")
+    scores = caption_scores(["a red circle at the top left", "a big blue square"],
+                            [["a red circle in the top left"], ["a blue square"]], meteor=True)
+    assert 0.2 < scores["meteor"] < 0.9
+    perfect = caption_scores(["a blue square"], [["a blue square"]], meteor=True)
+    assert perfect["meteor"] > scores["meteor"]
+
+
 def test_faithfulness_parts():
     assert mentions("There is a large Red circle.", "circle")
     assert not mentions("a circular thing", "circle")

@@ -43,6 +43,7 @@ class CaptionerStrategy(Strategy):
         decoding, num_beams, top_p, temperature: How captions are decoded for the metrics.
         saliency: Saliency methods whose pointing is measured when testing (with the head and
             object masks in the data); empty for none.
+        meteor: Also compute METEOR when testing (needs Java; it takes some seconds).
         optimizer, scheduler, monitor, monitor_mode: As in :class:`Strategy`.
     """
 
@@ -50,6 +51,7 @@ class CaptionerStrategy(Strategy):
                  caption_tokenizer: Any = None, classifier_weight: float = 0.0,
                  decoding: str = "greedy", num_beams: int = 4, top_p: float = 0.9,
                  temperature: float = 1.0, saliency: tuple[str, ...] = ("gradcam",),
+                 meteor: bool = False,
                  optimizer=None, scheduler=None, monitor: str = "val/cider",
                  monitor_mode: str = "max") -> None:
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
@@ -73,6 +75,7 @@ class CaptionerStrategy(Strategy):
         self.decoding = {"decoding": decoding, "num_beams": num_beams, "top_p": top_p,
                          "temperature": temperature}
         self.saliency_methods = tuple(saliency or ())
+        self.meteor = bool(meteor)
         self.text_keys = ()  # the datamodule tokenises `caption` with the causal format below
         self.tokenizers_per_key = {"caption": self.format}
         self.metrics = SplitMetrics("multiclass", num_classes) if net.head is not None else None
@@ -140,7 +143,8 @@ class CaptionerStrategy(Strategy):
             return values
         pairs = gather(self._outputs.pop(split, []), self.trainer)
         if pairs:
-            scores = caption_scores([c for c, _ in pairs], [r for _, r in pairs])
+            scores = caption_scores([c for c, _ in pairs], [r for _, r in pairs],
+                                    meteor=self.meteor and split == "test")
             values.update({f"{split}/{k}": torch.tensor(v) for k, v in scores.items()})
             if split == "val" and self.trainer.is_global_zero and not self.trainer.sanity_checking:
                 shown = "\n".join(f"  {c!r}  (ref: {r[0]!r})" for c, r in pairs[:SHOWN])

@@ -2,7 +2,9 @@
 COCO caption evaluation code (``pycocoevalcap``, the reference implementation).
 
 Texts are normalised as the COCO evaluation's tokenizer does (lower case, punctuation removed)
-but in Python, so no Java is needed; METEOR and SPICE, which need Java, are not computed.
+but in Python, so no Java is needed. METEOR (the same package's Java implementation) is
+computed on request when Java is installed; SPICE, which downloads Stanford CoreNLP on first
+use, is not.
 CIDEr's document frequencies come from the references of the scored set (as in the COCO code),
 so it is comparable between runs on the same split, not across datasets.
 """
@@ -19,9 +21,11 @@ def normalise(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
 
 
-def caption_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+def caption_scores(hypotheses: list[str], references: list[list[str]],
+                   meteor: bool = False) -> dict[str, float]:
     """``bleu1``..``bleu4``, ``rougeL`` and ``cider`` of one caption per image against its
-    references (corpus-level BLEU, mean ROUGE-L and CIDEr-D over images)."""
+    references (corpus-level BLEU, mean ROUGE-L and CIDEr-D over images); ``meteor`` too when
+    asked (it needs Java: a clear error without it)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -41,7 +45,26 @@ def caption_scores(hypotheses: list[str], references: list[list[str]]) -> dict[s
     cider, _ = Cider().compute_score(gts, res)
     scores = {f"bleu{n + 1}": float(b) for n, b in enumerate(bleu)}
     scores.update(rougeL=float(rouge), cider=float(cider))
+    if meteor:
+        scores["meteor"] = meteor_score(gts, res)
     return scores
+
+
+def meteor_score(gts: dict, res: dict) -> float:
+    import shutil
+
+    from lmvision.errors import UserError
+
+    if shutil.which("java") is None:
+        raise UserError("METEOR needs Java (a `java` on the PATH), e.g. apt-get install "
+                        "default-jre-headless; or set strategy.meteor=false")
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    try:
+        return float(scorer.compute_score(gts, res)[0])
+    finally:
+        scorer.meteor_p.kill()
 
 
 def mentions(caption: str, name: str) -> bool:
