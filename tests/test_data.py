@@ -32,8 +32,10 @@ def test_shapes_is_deterministic_in_seed():
 def test_shapes_items_have_the_contract_keys():
     ds = ShapesDataset(50, 40, target="color_shape", seed=3)
     item = ds[7]
-    assert set(item) == {"image", "label", "caption", "text"}
+    assert set(item) == {"image", "label", "caption", "text", "references", "mask"}
     assert item["image"].shape == (3, 40, 40) and item["image"].dtype == torch.uint8
+    assert item["mask"].shape == (40, 40) and item["mask"].dtype == torch.bool
+    assert len(item["references"]) == 5 and item["references"][0] == item["caption"]
     assert 0 <= int(item["label"]) < 24 and len(ds.classes) == 24
 
 
