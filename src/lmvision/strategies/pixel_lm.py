@@ -63,7 +63,8 @@ class PixelLMStrategy(Strategy):
         probe: Run the linear probe when testing (``pretrain`` only).
         probe_max_train: Training images the probe learns from, at most.
         samples: Images per sample grid (0: no grids).
-        sample_every_n_epochs: Draw the grids every this many validation epochs.
+        sample_every_n_epochs: Draw the grids every this many validation epochs (and always at
+            the last epoch).
         temperature, top_k, top_p: Sampling settings of the grids and of ``gen/acc``.
         gen_classifier: Path of a trained ``image_classifier`` checkpoint that scores
             conditional samples when testing (``None``: no ``gen/acc``).
@@ -177,7 +178,8 @@ class PixelLMStrategy(Strategy):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         shown, self._shown = self._shown, None
-        due = (self.current_epoch + 1) % self.sample_every_n_epochs == 0
+        last = bool(self.trainer.max_epochs) and self.current_epoch + 1 >= self.trainer.max_epochs
+        due = last or (self.current_epoch + 1) % self.sample_every_n_epochs == 0
         if (shown is None or self.trainer.sanity_checking or not due
                 or self.trainer.global_rank != 0):
             return
