@@ -66,8 +66,10 @@ def environment_line() -> str:
             f"{platform.python_version()}, {packages}; lmvision {commit}.")
 
 
-def write_results(readme: Path, text: str) -> None:
-    """Replace what stands between the results markers of ``readme`` with ``text`` (atomically)."""
+def write_results(readme: Path, text: str, section: str = "results") -> None:
+    """Replace what stands between the ``section`` markers of ``readme`` (``<!-- results:start
+    -->`` ... ``<!-- results:end -->`` by default) with ``text`` (atomically)."""
+    START, END = f"<!-- {section}:start -->", f"<!-- {section}:end -->"  # noqa: N806
     content = readme.read_text()
     if START not in content or END not in content.split(START, 1)[1]:
         raise SystemExit(f"{readme} has no {START} ... {END} section")

@@ -98,9 +98,10 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, decoding: str = "greedy", max_length: int | None = None,
                  num_beams: int = 4, top_p: float = 0.9, temperature: float = 1.0,
-                 use_cache: bool = True) -> torch.Tensor:
+                 use_cache: bool = True, min_length: int = 0) -> torch.Tensor:
         """Generated caption ids (B, T) after BOS, up to EOS (then padding); at most
-        ``max_length`` tokens (default: the longest caption the decoder was built for)."""
+        ``max_length`` tokens (default: the longest caption the decoder was built for), at
+        least ``min_length`` (EOS is held back until then; e.g. to time fixed lengths)."""
         if decoding not in DECODINGS:
             raise UserError(f"decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
         tokens, _ = self.encode(images)
@@ -115,7 +116,8 @@ class Captioner(nn.Module):
         return self.decoder.generate(
             inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
                                                             device=images.device),
-            max_new_tokens=max_length or self.max_length - 1, use_cache=use_cache, eos_token_id=self.eos_id,
+            max_new_tokens=max_length or self.max_length - 1, min_new_tokens=min_length,
+            use_cache=use_cache, eos_token_id=self.eos_id,
             pad_token_id=self.pad_id, bos_token_id=self.bos_id, **settings)
 
 
