@@ -138,7 +138,7 @@ def test_aux_text_under_ddp(tmp_path):
     metrics = read(run_dir / "metrics.json")
     assert (run_dir / "figures" / "test_explanations.json").is_file()
     # the same checkpoint tested by one process gives the same metrics (each item once)
-    single = tested_by_one_process(record["tested_checkpoint"], tmp_path)
+    single = metrics_of_one_process(record["tested_checkpoint"], tmp_path)
     for key in ("test/acc", "test/acc_seen", "test/acc_unseen", "test/acc_hm", "test/acc_unseen_zsl"):
         assert metrics[key] == pytest.approx(single[key], abs=1e-6), key
 
@@ -173,12 +173,12 @@ def test_captioner_under_ddp(tmp_path):
     metrics = read(run_dir / "metrics.json")
     assert {"test/bleu4", "test/cider", "explain/mention_rate", "explain/pointing"} <= set(metrics)
     # the same checkpoint tested by one process gives the same scores (each item once)
-    single = tested_by_one_process(record["tested_checkpoint"], tmp_path)
+    single = metrics_of_one_process(record["tested_checkpoint"], tmp_path)
     for key in ("test/bleu4", "test/cider", "test/acc", "explain/mention_rate"):
         assert metrics[key] == pytest.approx(single[key], abs=1e-5), key
 
 
-def tested_by_one_process(checkpoint: str, tmp_path) -> dict:
+def metrics_of_one_process(checkpoint: str, tmp_path) -> dict:
     """The metrics of ``lmvision-eval`` on ``checkpoint`` with one process, every test item."""
     out = tmp_path / "eval"
     done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={checkpoint}", "trainer=cpu",
