@@ -217,7 +217,8 @@ def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "pa
     }
     # further phrasings from their own stream: the images and first captions stay as they were
     more = np.random.default_rng([seed, 1])
-    strings["references"] = [
+    single = [[caption] for caption in strings["captions"]]
+    strings["references"] = single if num_captions == 1 else [
         [caption] + [_caption(more, *a, template=int(t))[0] for t in
                      more.permutation([t for t in range(len(_CAPTION_TEMPLATES)) if t != first])
                      [:num_captions - 1]]
