@@ -48,7 +48,8 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
         return datamodule, instantiate(cfg.strategy)
     # a captioner's tokenizer learns from the training captions; the others' from the text
     captions = "caption_tokenizer" in cfg.strategy
-    node = cfg.strategy.caption_tokenizer if captions else OmegaConf.select(cfg, "text_encoder.tokenizer")
+    node = (cfg.strategy.caption_tokenizer if captions
+            else OmegaConf.select(cfg, "text_encoder.tokenizer"))
     if node is None:
         raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
     if tokenizer is None:

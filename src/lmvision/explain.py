@@ -56,10 +56,8 @@ def load_strategy(path: str, option: str, base: DictConfig):
     choices = checkpoint.get("lmvision_choices") or {}
     datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(checkpoint, cfg, choices),
                                              build.stored_descriptions(checkpoint, cfg))
-    missing, unexpected = model.load_state_dict(checkpoint["state_dict"], strict=False)
-    if unexpected or [k for k in missing if not k.startswith("_")]:
-        raise UserError(f"{option}={path}: its weights do not fit the model rebuilt from its "
-                        f"config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    checkpoints.check_fits(checkpoint, model, path, option, None, choices)
+    model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), datamodule, cfg
 
 

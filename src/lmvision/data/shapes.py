@@ -4,7 +4,8 @@ Design of the two modalities (why fusion can beat either one alone)
 -------------------------------------------------------------------
 Every image shows one shape (circle, square, triangle, cross) of one colour (red, orange,
 green, teal, blue, purple), small or large, in one of five positions, on a dark background
-with sensor noise (``noise=0``: clean images, which a model of pixel values learns faster). Each item carries two strings:
+with sensor noise (``noise=0``: clean images, which a model of pixel values learns faster).
+Each item carries two strings:
 
 * ``caption`` describes what is in the picture (shape, colour, size, position) in one of many
   phrasings; it is a *target* for captioning, never an input to a classifier.
@@ -157,10 +158,13 @@ class ShapesDataset(InMemoryDataset):
                f"-{self.colors}-noise{self.noise}-refs{self.num_captions}")
         return "shapes-" + hashlib.sha256(raw.encode()).hexdigest()[:12]
 
+    def _render(self) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
+        return render_shapes(self.num_images, self.image_size, self.seed, self.colors, self.noise,
+                             self.num_captions)
+
     def _load_or_render(self, cache_dir) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
         if cache_dir is None:
-            return render_shapes(self.num_images, self.image_size, self.seed, self.colors, self.noise,
-                                 self.num_captions)
+            return self._render()
         base = Path(cache_dir).expanduser() / self._cache_key()
         npz, js = base.with_suffix(".npz"), base.with_suffix(".json")
         if npz.is_file() and js.is_file():
@@ -172,8 +176,7 @@ class ShapesDataset(InMemoryDataset):
                     return arrays, strings
             except (OSError, ValueError, KeyError) as err:  # a broken cache is re-rendered
                 log.warning("shapes cache %s is unreadable (%s); rendering again", npz, err)
-        arrays, strings = render_shapes(self.num_images, self.image_size, self.seed, self.colors,
-                                        self.noise, self.num_captions)
+        arrays, strings = self._render()
         # atomic: ranks and parallel jobs that render the same set never read half a file
         atomic_write(npz, lambda p: np.savez(p, **arrays))
         atomic_write(js, lambda p: Path(p).write_text(json.dumps(strings)))

@@ -125,7 +125,7 @@ class CaptionerStrategy(Strategy):
         if "mask" not in batch:
             return
         masked = mask_out(batch["image"], batch["mask"])
-        masked_predicted = self.net.classify(self.net.encode(masked)[1]).argmax(1)
+        masked_predicted = self.classifier_forward(masked).argmax(1)
         self.faithfulness.update_counterfactual(captions, predicted, self.captions(masked),
                                                 masked_predicted)
         for method in self.saliency_methods:
