@@ -177,9 +177,18 @@ def test_each_decoding_mode_runs_batched(decoding):
 def test_greedy_decoding_is_the_same_with_and_without_the_cache():
     model = tiny_captioner(wordpiece())
     images = torch.rand(4, 3, 16, 16)
-    cached = model.generate(images, use_cache=True)
-    uncached = model.generate(images, use_cache=False)
+    reads: list[int] = []
+    model.decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: reads.append(kwargs["inputs_embeds"].shape[1]),
+        with_kwargs=True)
+    cached = model.generate(images, use_cache=True, min_length=4)
+    cached_reads, reads[:] = list(reads), []
+    uncached = model.generate(images, use_cache=False, min_length=4)
     assert torch.equal(cached, uncached)
+    first = model.num_prefix + 1  # the prefix and BOS
+    assert cached_reads == [first] + [1] * (len(cached_reads) - 1)  # one new token per step
+    assert reads == list(range(first, first + len(reads)))  # the whole sequence, each step
+    assert len(reads) >= 4
 
 
 def test_a_pretrained_decoder_loads_from_a_local_directory(tmp_path):

@@ -5,8 +5,8 @@ both decides and explains.
 
 The decoder is a GPT-2 built from a config (``decoder_name=None``) or any Hugging Face causal
 LM by hub name or local path, frozen or tuned. Decoding (greedy, beam search, nucleus
-sampling; with or without the KV cache) is Hugging Face's ``generate`` on the prefix
-embeddings followed by BOS, so validation, test, ``lmvision-eval`` and ``lmvision-explain``
+sampling; with or without the KV cache) continues the prefix embeddings followed by BOS with
+:mod:`lmvision.nn.decoding`, so validation, test, ``lmvision-eval`` and ``lmvision-explain``
 share one implementation.
 """
 
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lmvision.errors import UserError
+from lmvision.nn.decoding import CausalStep, beam_search, decode
 
 DECODINGS = ("greedy", "beam", "nucleus")
 
@@ -109,16 +110,14 @@ class Captioner(nn.Module):
         bos = self.decoder.get_input_embeddings()(
             torch.full((len(images), 1), self.bos_id, dtype=torch.long, device=images.device))
         embeds = torch.cat([prefix, bos], 1)
-        settings = {"greedy": {"do_sample": False, "num_beams": 1},
-                    "beam": {"do_sample": False, "num_beams": num_beams},
-                    "nucleus": {"do_sample": True, "top_p": top_p, "top_k": 0,
-                                "temperature": temperature, "num_beams": 1}}[decoding]
-        return self.decoder.generate(
-            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long,
-                                                            device=images.device),
-            max_new_tokens=max_length or self.max_length - 1, min_new_tokens=min_length,
-            use_cache=use_cache, eos_token_id=self.eos_id,
-            pad_token_id=self.pad_id, bos_token_id=self.bos_id, **settings)
+        step = CausalStep(self.decoder)
+        embed = self.decoder.get_input_embeddings()
+        common = {"eos_id": self.eos_id, "pad_id": self.pad_id, "min_new": min_length,
+                  "max_new": max_length or self.max_length - 1, "use_cache": use_cache}
+        if decoding == "beam":
+            return beam_search(step, embeds, embed, num_beams=num_beams, **common)
+        return decode(step, embeds, embed, greedy=decoding == "greedy", top_p=top_p,
+                      temperature=temperature, **common)
 
 
 def count_tokens(encoder: nn.Module, image_size: int, channels: int) -> int:
