@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from lmvision.data.collate import BatchCollator
 from lmvision.data.shapes import ShapesDataset
 from lmvision.errors import UserError
-from lmvision.faithfulness import Faithfulness, mask_out, pointing_hits
+from lmvision.faithfulness import (SALIENCY_METHODS, Faithfulness, mask_out, pointing_hits,
+                                   saliency)
 from lmvision.nn.captioner import Captioner
 from lmvision.nn.image_encoders import SmallCNN
 from lmvision.text.caption_metrics import caption_scores, mentions
@@ -151,6 +153,40 @@ def test_faithfulness_parts():
     values = Faithfulness.metrics(*f.totals())
     assert values["explain/mention_rate"] == 0.5 and values["explain/pointing"] == 0.5
     assert values["explain/pointing_random"] == pytest.approx(4 / 16)
+
+
+class RedInRegion(nn.Module):
+    """Class 0 scores the red left in a fixed region (through one 3x3 convolution, for
+    Grad-CAM); class 1 the opposite."""
+
+    def __init__(self, region: torch.Tensor) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 3, padding=1, bias=False)
+        self.conv.weight.data.zero_()
+        self.conv.weight.data[0, 0, 1, 1] = 1.0  # passes the red channel through
+        self.region = region.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        score = (self.conv(x)[:, 0] * self.region).sum((1, 2))
+        return torch.stack([score, -score], 1)
+
+
+@pytest.mark.parametrize("method", SALIENCY_METHODS)
+def test_each_saliency_method_peaks_where_the_classifier_looks(method):
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[:, 8:14, 5:11] = True  # off the corner: an all-zero map peaks at (0, 0) and misses
+    images = torch.full((3, 3, 16, 16), 0.2)
+    images[:, 0][masks] = 1.0
+    images[1, 1] = 0.6  # another background colour
+    model = RedInRegion(masks[0])
+    maps = saliency(method, model, model, images, torch.zeros(3, dtype=torch.long),
+                    baseline=torch.zeros(3))
+    assert maps.shape == (3, 16, 16) and (maps >= 0).all()
+    assert pointing_hits(maps, masks).all()
+    if method == "lime":  # seeded: the same map twice
+        again = saliency(method, model, model, images, torch.zeros(3, dtype=torch.long),
+                         baseline=torch.zeros(3))
+        assert torch.equal(maps, again)
 
 
 # -- the model and its decoding ----------------------------------------------------------------

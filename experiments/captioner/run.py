@@ -7,7 +7,7 @@ explanations faithful to its decisions? Writes README.md's results and the panel
 For each seed: `python -m lmvision.train experiment=captioner_shapes` (the multi-task
 captioner: caption scores against 5 references per test image, and explain/* at test), then
 `python -m lmvision.explain` on its last checkpoint over the test split with every saliency
-method (Grad-CAM, integrated gradients, occlusion): pointing per method beside the random-peak
+method (Grad-CAM, integrated gradients, occlusion, LIME): pointing per method beside the random-peak
 baseline, and the panel sheet. Last, decoding speed (its own README section; `--speed-only CKPT` measures just that, for a
 trained `captioner_shapes` checkpoint): captions per second of the trained model on test images
 at batch 1 and 64, greedy and beam search (4 beams), with and without the KV cache (the median
@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 import studies  # noqa: E402  (experiments/studies.py)
 from studies import mean_std  # noqa: E402
 
-METHODS = ("gradcam", "integrated_gradients", "occlusion")
+METHODS = ("gradcam", "integrated_gradients", "occlusion", "lime")
 
 
 def explain(ckpt: Path, out: Path, limit: int | None) -> dict:

@@ -23,7 +23,7 @@ from torch import nn
 from lmvision.errors import UserError
 from lmvision.text.caption_metrics import mentions, normalise
 
-SALIENCY_METHODS = ("integrated_gradients", "gradcam", "occlusion")
+SALIENCY_METHODS = ("integrated_gradients", "gradcam", "occlusion", "lime")
 
 
 class TextClassifier:
@@ -62,7 +62,7 @@ def last_conv(module: nn.Module) -> nn.Module:
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise UserError("Grad-CAM needs a convolutional image encoder (this one has no Conv2d); "
-                        "use saliency=integrated_gradients or occlusion")
+                        "use saliency=integrated_gradients, occlusion or lime")
     # the last conv with a spatial kernel: a 1x1 projection after it keeps the same map
     spatial = [m for m in convs if m.kernel_size != (1, 1)]
     return (spatial or convs)[-1]
@@ -80,9 +80,10 @@ def saliency(method: str, forward: Callable[[torch.Tensor], torch.Tensor], encod
              images: torch.Tensor, targets: torch.Tensor,
              baseline: torch.Tensor | None = None) -> torch.Tensor:
     """(B, H, W) non-negative saliency of ``forward(images)[target]`` by a Captum method;
-    ``baseline`` (C,) is the reference pixel of integrated gradients and occlusion (default:
-    zeros)."""
-    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion
+    ``baseline`` (C,) is the reference pixel of integrated gradients and occlusion and the
+    fill of LIME's hidden cells (default: zeros)."""
+    from captum.attr import (IntegratedGradients, LayerAttribution, LayerGradCam, Lime,
+                             Occlusion)
 
     if method not in SALIENCY_METHODS:
         raise UserError(f"saliency method {method!r}: choose from {', '.join(SALIENCY_METHODS)}")
@@ -101,10 +102,37 @@ def saliency(method: str, forward: Callable[[torch.Tensor], torch.Tensor], encod
             cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), "bilinear")
             return cam.squeeze(1).clamp(min=0).detach()
         side = max(2, x.shape[-1] // 8)
+        if method == "lime":
+            return lime(Lime, forward, x, targets, reference, side)
         attr = Occlusion(forward).attribute(
             x, target=targets, baselines=reference, sliding_window_shapes=(x.shape[1], side, side),
             strides=(x.shape[1], max(1, side // 2), max(1, side // 2)))
         return attr.sum(1).clamp(min=0).detach()
+
+
+def lime(Lime, forward: Callable, x: torch.Tensor, targets: torch.Tensor,
+         reference: torch.Tensor, side: int, samples: int = 256) -> torch.Tensor:
+    """LIME (Ribeiro et al. 2016) on a grid of ``side``-pixel cells as superpixels: ``samples``
+    random subsets of cells are shown (the rest filled with ``reference``), and a ridge
+    regression of the class score on which cells were shown, weighted by closeness to the
+    whole image, gives each cell its weight. Seeded, so a map repeats itself."""
+    from captum._utils.models.linear_model import SkLearnRidge
+
+    h, w = x.shape[-2:]
+    rows = torch.arange(h, device=x.device) // side
+    cols = torch.arange(w, device=x.device) // side
+    cells = (rows[:, None] * ((w + side - 1) // side) + cols[None, :])  # (H, W) cell ids
+    feature_mask = cells.expand(x.shape[1], h, w).unsqueeze(0)
+    explainer = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0))
+    maps = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for i in range(len(x)):  # LIME fits one regression per image
+            attr = explainer.attribute(x[i:i + 1], target=targets[i:i + 1],
+                                       baselines=reference[i:i + 1], feature_mask=feature_mask,
+                                       n_samples=samples, perturbations_per_eval=64)
+            maps.append(attr.sum(1).clamp(min=0).detach())
+    return torch.cat(maps)
 
 
 def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
