@@ -13,7 +13,7 @@ import torch
 from lmvision.errors import UserError
 from lmvision.nn.palette import PaletteQuantizer
 from lmvision.nn.pixel_gpt import PixelGPT
-from lmvision.strategies.probe import fit_probes
+from lmvision.strategies.probe import fit_probes, probe_accuracies
 from lmvision.train import train
 
 PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init"}
@@ -115,6 +115,14 @@ def test_the_probe_picks_the_informative_layer_on_validation():
     assert values["probe/acc_best"] == values["probe/acc_layer_2"] >= 0.9
     assert values["probe/acc_layer_1"] < 0.6 and values["probe/acc_random_init"] < 0.6
     assert values["probe/acc_pixels"] < 0.6
+    # the regularisation is swept and chosen on validation: a useless strength alone scores
+    # chance, beside a good one the sweep finds the good one
+    parts = {s: split(n) for s, n in (("train", 150), ("val", 60), ("test", 60))}
+    layer = {s: part["trained"][1] for s, part in parts.items()}
+    labels = {s: part["labels"] for s, part in parts.items()}
+    alone = probe_accuracies(layer, labels, strengths=(1e-7,))
+    swept = probe_accuracies(layer, labels, strengths=(1e-7, 1.0))
+    assert alone[0] < 0.6 and swept[0] >= 0.9 and swept[1] >= 0.9
 
 
 def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
