@@ -311,15 +311,22 @@ def test_explain_a_folder_of_png_files_with_a_separate_classifier(trained_pair, 
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "explained"
     cfg = compose([f"ckpt_path={trained_pair['captioner']}", f"classifier_path={trained_pair['classifier']}",
-                   f"images={folder}"], out, "explain")
+                   f"images={folder}", "saliency=[gradcam,lime]", "logger=wandb"], out, "explain")
     assert explain(cfg) == {}  # no labels or masks: no faithfulness metrics
     rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in rows] == ["shape0.png", "shape1.png", "shape2.png"]
     for row in rows:
         assert row["predicted"] in data.classes and 0.0 <= row["confidence"] <= 1.0
         assert isinstance(row["caption"], str)
-        assert {"peak_gradcam", "peak_integrated_gradients"} <= set(row)
+        assert {"peak_gradcam", "peak_lime"} <= set(row)
     assert (out / "explanations.png").stat().st_size > 1000
+    # the W&B table (an offline run here): one row per image, with its caption
+    tables = list(out.glob("wandb/offline-run-*/files/media/table/explanations_*.table.json"))
+    assert len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert len(table["data"]) == 3 and "caption" in table["columns"]
+    assert [r[table["columns"].index("caption")] for r in table["data"]] == \
+        [r["caption"] for r in rows]
     assert json.loads((out / "run.json").read_text())["status"] == "completed"
 
 
@@ -349,3 +356,15 @@ def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
     with pytest.raises(UserError, match="images=.*no such file or folder"):
         explain(compose([f"ckpt_path={trained_pair['captioner']}", f"images={tmp_path / 'nope'}"],
                         tmp_path / "bad2", "explain"))
+
+
+@pytest.mark.slow
+def test_the_study_measures_decoding_speed_of_a_checkpoint(trained_pair, tmp_path):
+    """`experiments/captioner/run.py --speed-only CKPT` (its figures are in its README)."""
+    from conftest import ROOT, run_cli
+
+    result = run_cli([str(ROOT / "experiments" / "captioner" / "run.py"), "--quick",
+                      "--speed-only", str(trained_pair["captioner"])], cwd=tmp_path, timeout=600)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "| trained, beam | 64 |" in result.stdout
+    assert "PASS: greedy captions identical with and without the KV cache" in result.stdout
