@@ -33,6 +33,14 @@ def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
     assert seen == {(s, b) for s in (0, 1, 2) for b in ("small_cnn", "resnet18")}
     assert f"Sweep {sweep}: 6 of 6 jobs completed" in result.stdout
     check_compare_notebook(sweep)
+    # lmvision-compare on the sweep: two groups of three seeds, one tested against the other
+    compared = run_cli(["-m", "lmvision.compare", str(sweep), "--format", "json",
+                        "--baseline", "backbone=small_cnn"], cwd=tmp_path, timeout=120)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    groups = {g["group"]: g for g in json.loads(compared.stdout)}
+    assert sorted(g["n"] for g in groups.values()) == [3, 3]
+    other = groups["backbone=resnet18 data.num_images=400 debug=limit"]
+    assert other["test/acc"]["pairs"] == 3 and 0.0 <= other["test/acc"]["p"] <= 1.0
 
 
 def test_a_failing_job_does_not_end_the_sweep(tmp_path):
@@ -72,8 +80,9 @@ def check_compare_notebook(runs_dir):
         del os.environ["LMVISION_RUNS_DIR"]
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "6 completed runs" in text
-    assert "image_classifier | shapes | small_cnn | 3 |" in text
-    assert "image_classifier | shapes | resnet18 | 3 |" in text
+    for backbone in ("small_cnn", "resnet18"):  # logger=csv does not make a group
+        assert f"| backbone={backbone} data.num_images=400 debug=limit | 3 |" in text
+    assert "bar_test_acc.png" in text and "curves_val_acc.png" in text
 
 
 def test_ddp_test_metrics_equal_one_process(tmp_path):

@@ -19,7 +19,8 @@ from conftest import ROOT, compose, run_cli
 pytestmark = pytest.mark.slow
 
 ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate",
-                ".venv/bin/lmvision-explain": "lmvision.explain"}
+                ".venv/bin/lmvision-explain": "lmvision.explain",
+                ".venv/bin/lmvision-compare": "lmvision.compare"}
 NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT", "gpt2")
 
 
@@ -62,15 +63,29 @@ def named_runs(tmp_path_factory):
     return runs
 
 
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """What `multirun/image_classifier` stands for: a real sweep, two backbones, two seeds."""
+    sweep = tmp_path_factory.mktemp("readme-sweep") / "sweep"
+    done = run_cli(["-m", "lmvision.train", "-m", "seed=0,1", "backbone=small_cnn,resnet18",
+                    "data.num_images=300", "logger=csv", "debug=limit",
+                    f"hydra.sweep.dir={sweep}"], cwd=sweep.parent, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep
+
+
 @pytest.mark.parametrize("command", readme_commands())
-def test_readme_command_runs(command, trained_run, named_runs, tmp_path):
+def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path):
+    if command.split(" ")[0].endswith("lmvision-compare"):
+        command = command.replace("multirun/image_classifier",
+                                  str(request.getfixturevalue("sweep_dir")))
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # a resume changes the run it continues: use a copy
     for name, path in named_runs.items():
         command = command.replace(f"outputs/{name}", str(path))
     words = shlex.split(command.replace("outputs/<run>", str(run)))
     args = ["-m", ENTRY_POINTS[words[0]], *words[1:]]
-    if any(flag in words for flag in ("--help", "--cfg")):
+    if any(flag in words for flag in ("--help", "--cfg")) or words[0].endswith("lmvision-compare"):
         pass
     elif words[0].endswith("lmvision-explain"):  # a few images; a folder of them where named
         from PIL import Image
@@ -91,7 +106,9 @@ def test_readme_command_runs(command, trained_run, named_runs, tmp_path):
             args += [f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     result = run_cli(args, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, f"{sys.executable} {' '.join(args)}\n{result.stderr[-3000:]}"
-    if "--cfg" not in args and "--help" not in args:
+    if words[0].endswith("lmvision-compare"):
+        assert "| backbone=resnet18 data.num_images=300 debug=limit | 2 |" in result.stdout
+    elif "--cfg" not in args and "--help" not in args:
         assert "Run directory:" in result.stdout or "jobs completed" in result.stdout
 
 
