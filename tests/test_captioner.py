@@ -291,7 +291,8 @@ def trained_pair(tmp_path_factory):
     runs = {}
     for name, extra in (("captioner", ["experiment=captioner_shapes"]),
                         ("classifier", ["strategy=image_classifier"]),
-                        ("fusion", ["strategy=fusion", "text_encoder=scratch"])):
+                        ("fusion", ["strategy=fusion", "text_encoder=scratch"]),
+                        ("aux_text", ["strategy=aux_text"])):
         runs[name] = base / name
         train(compose([*extra, *data], runs[name], "train"))
     return {k: v / "checkpoints" / "last.ckpt" for k, v in runs.items()}
@@ -348,6 +349,12 @@ def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
     fused = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=8", "saliency=[gradcam]",
                              f"classifier_path={trained_pair['fusion']}"], tmp_path / "fused", "explain"))
     assert 0.0 <= fused["explain/pointing_gradcam"] <= 1.0
+    # an aux_text classifier (class descriptions through the packaged text encoder)
+    described = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=8",
+                                 "saliency=[gradcam]", f"classifier_path={trained_pair['aux_text']}"],
+                                tmp_path / "described", "explain"))
+    assert 0.0 <= described["explain/pointing_gradcam"] <= 1.0
+    assert 0.0 <= described["explain/mention_rate"] <= 1.0
     with pytest.raises(UserError, match="side text"):
         explain(compose([f"ckpt_path={trained_pair['captioner']}", f"images={tmp_path}",
                          f"classifier_path={trained_pair['fusion']}"], tmp_path / "bad3", "explain"))
