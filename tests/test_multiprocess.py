@@ -195,3 +195,24 @@ def metrics_of_one_process(checkpoint: str, tmp_path) -> dict:
                    cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return read(out / "metrics.json")
+
+
+def test_ddp_under_multirun_each_job_runs_its_own_processes(tmp_path):
+    """A `-m` sweep whose jobs each use trainer=ddp_cpu: every job starts its own second
+    process in its own directory (not the sweep again), and the next job starts afresh."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "lmvision.train", "-m", "seed=0,1", "trainer=ddp_cpu", *TINY,
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Sweep {sweep}: 2 of 2 jobs completed" in result.stdout
+    for job, seed in (("0", 0), ("1", 1)):
+        record = read(sweep / job / "run.json")
+        assert record["status"] == "completed" and record["seed"] == seed
+        assert record["device"]["world_size"] == 2
+        assert (sweep / job / "train_ddp_process_1.log").is_file()
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    compared = run_cli(["-m", "lmvision.compare", str(sweep), "--format", "json"],
+                       cwd=tmp_path, timeout=120)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    (group,) = json.loads(compared.stdout)
+    assert group["n"] == 2 and group["seeds"] == [0, 1]

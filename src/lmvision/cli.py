@@ -65,10 +65,14 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    environment = dict(os.environ)
+    if sweeping:
+        processes_join_this_job()
     try:
         return fn(cfg)
     except Exception as err:
-        if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        if not sweeping:
             _run_failures.append(err)
             return None
         user = user_error_in(err)
@@ -77,6 +81,39 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         else:
             traceback.print_exception(err)
         return math.nan
+    finally:
+        if sweeping:
+            end_process_group(environment)
+
+
+def processes_join_this_job() -> None:
+    """Under ``-m``, Lightning starts the other DDP processes of a job (``trainer=ddp_cpu``,
+    several GPUs) with this process's command line, ``-m`` and all, which would start the whole
+    sweep again in each, and with Hydra's ``run.dir``, which is not the job's directory. Make
+    both this job's: the command line becomes the job's own overrides (a single run) and
+    ``run.dir`` its output directory, so that those processes join this job."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def end_process_group(environment: dict[str, str]) -> None:
+    """After a sweep's job: close its DDP process group (its other processes have exited) and
+    give back the environment the job started with. Lightning leaves ``LOCAL_RANK``,
+    ``WORLD_SIZE``, ``MASTER_PORT``... in it when it starts processes; the next job would read
+    them as "started by a launcher" and wait for processes that never come."""
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if dict(os.environ) != environment:
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def user_message(err: BaseException, config_name: str = "train") -> str | None:
