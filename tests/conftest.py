@@ -93,3 +93,28 @@ def tiny_causal_lm(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running one-node SLURM cluster: the one already up, or one started by
+    tests/cluster/slurm.sh (as root; it installs Debian's packages if missing). Tests that need
+    it are skipped, with the reason, where it cannot start."""
+    import shutil
+
+    def up() -> bool:
+        if shutil.which("sinfo") is None:
+            return False
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+        return state.returncode == 0 and any(s in state.stdout for s in ("idle", "mixed"))
+
+    if not up():
+        if os.geteuid() != 0:
+            pytest.skip("SLURM is not running and starting it needs root "
+                        "(tests/cluster/slurm.sh start)")
+        started = subprocess.run(["bash", str(ROOT / "tests" / "cluster" / "slurm.sh"), "start"],
+                                 capture_output=True, text=True, timeout=900)
+        if started.returncode != 0 or not up():
+            pytest.skip("SLURM could not start here: " +
+                        (started.stderr.strip().splitlines() or ["no message"])[-1])
+    return True

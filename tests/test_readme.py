@@ -21,7 +21,8 @@ pytestmark = pytest.mark.slow
 ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate",
                 ".venv/bin/lmvision-explain": "lmvision.explain",
                 ".venv/bin/lmvision-compare": "lmvision.compare"}
-NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT", "gpt2")
+NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT", "gpt2",
+                        "trainer.num_nodes=2")  # the last: a GPU cluster
 
 
 def readme_commands() -> list[str]:
@@ -97,7 +98,10 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
                 Image.new("RGB", (16, 16), (200, 40, 40)).save(folder / "red.png")
         args += ["limit=8", f"hydra.run.dir={tmp_path / 'out'}"]
     elif any(need in command for need in NEEDS_GPU_OR_NETWORK):
-        args += ["--cfg", "job"]
+        # composed, not launched: --cfg job, which a sweep's -m does not take (so a swept
+        # option is composed with its first value)
+        args = args[:2] + [re.sub(r"^([^=\[]+)=([^,\[]*),.*$", r"\1=\2", a) for a in args[2:]
+                           if a not in ("-m", "--multirun")] + ["--cfg", "job"]
     else:
         args.append("debug=fdr")
         resume = any(w.startswith("ckpt_path=") for w in words) and "train=false" not in words \

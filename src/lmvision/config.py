@@ -34,6 +34,8 @@ def register_resolvers() -> None:
         "lmv.num_classes": spec.num_classes,
         "lmv.task": spec.task,
         "lmv.minilm_path": minilm_path,
+        "lmv.tasks_per_node": tasks_per_node,
+        "lmv.gpus_per_node": gpus_per_node,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -55,6 +57,23 @@ def when_positive(weight, value, otherwise=0):
     """``${lmv.when_positive:${..classifier_weight},${data.num_classes}}``: ``value`` when
     ``weight`` > 0, else ``otherwise`` (a head exists only when its loss is weighted)."""
     return value if float(weight) > 0 else otherwise
+
+
+def tasks_per_node(devices):
+    """``${lmv.tasks_per_node:${trainer.devices}}``: SLURM tasks per node, one per device, as
+    Lightning's DDP under ``srun`` requires (``trainer.devices == SLURM_NTASKS_PER_NODE``)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices
+    from lmvision.errors import UserError
+
+    raise UserError(f"trainer.devices={devices!r}: a cluster job needs the number of devices "
+                    "per node (one task each), e.g. trainer.devices=4")
+
+
+def gpus_per_node(accelerator, devices):
+    """``${lmv.gpus_per_node:${trainer.accelerator},${trainer.devices}}``: GPUs to ask SLURM
+    for on each node: the devices when training on GPUs, none on CPUs."""
+    return tasks_per_node(devices) if str(accelerator) in ("gpu", "cuda") else None
 
 
 register_resolvers()

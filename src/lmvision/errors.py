@@ -18,12 +18,14 @@ class UserError(ValueError):
 
 def user_error_in(err: BaseException | None) -> UserError | None:
     """The :class:`UserError` that caused ``err``: itself, or one in its chain of explicit
-    causes (``raise ... from``), as when Hydra wraps it in an ``InstantiationException``. An
-    error raised while *handling* a UserError is not one."""
+    causes (``raise ... from``), as when Hydra wraps it in an ``InstantiationException``, or
+    the one a config resolver raised (OmegaConf re-raises it as an interpolation error). Any
+    other error raised while *handling* a UserError is not one."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, UserError):
             return err
         seen.add(id(err))
-        err = err.__cause__
+        resolving = type(err).__name__ == "InterpolationResolutionError"
+        err = err.__cause__ or (err.__context__ if resolving else None)
     return None
