@@ -97,16 +97,20 @@ def tiny_causal_lm(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slurm():
-    """A running one-node SLURM cluster: the one already up, or one started by
-    tests/cluster/slurm.sh (as root; it installs Debian's packages if missing). Tests that need
-    it are skipped, with the reason, where it cannot start."""
+    """The one-node SLURM cluster of tests/cluster/slurm.sh, started (as root; it installs
+    Debian's packages if missing) unless it is up already. Its config is its own file
+    (``SLURM_CONF``), so a machine's real cluster is never used. Tests that need it are skipped,
+    with the reason, where it cannot start."""
     import shutil
 
+    state = Path(os.environ.get("LMVISION_SLURM_DIR", "/tmp/lmvision-slurm"))
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+
     def up() -> bool:
-        if shutil.which("sinfo") is None:
+        if shutil.which("sinfo") is None or not (state / "slurm.conf").is_file():
             return False
-        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-        return state.returncode == 0 and any(s in state.stdout for s in ("idle", "mixed"))
+        nodes = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+        return nodes.returncode == 0 and any(s in nodes.stdout for s in ("idle", "mixed"))
 
     if not up():
         if os.geteuid() != 0:
@@ -115,6 +119,6 @@ def slurm():
         started = subprocess.run(["bash", str(ROOT / "tests" / "cluster" / "slurm.sh"), "start"],
                                  capture_output=True, text=True, timeout=900)
         if started.returncode != 0 or not up():
-            pytest.skip("SLURM could not start here: " +
-                        (started.stderr.strip().splitlines() or ["no message"])[-1])
-    return True
+            reason = (started.stderr.strip() or started.stdout.strip() or "its nodes are busy")
+            pytest.skip(f"SLURM could not start here: {reason.splitlines()[-1]}")
+    return state / "slurm.conf"

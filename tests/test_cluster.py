@@ -8,7 +8,7 @@ import json
 import pytest
 from conftest import CONF, run_cli
 
-TINY = ["data.num_images=300", "logger=csv", "debug=limit"]
+TINY = ["data.num_images=300", "logger=csv", "debug=limit", "trainer=cpu"]
 # what this small node can give each job (2 CPUs): the launcher's defaults ask for more
 SMALL_JOBS = ["hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
               "hydra.launcher.timeout_min=15"]
@@ -30,9 +30,16 @@ def test_the_slurm_launcher_asks_for_one_task_per_device():
     gpus = launcher("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
                     "trainer.num_nodes=2", "hydra.launcher.partition=gpu")
     assert (gpus.tasks_per_node, gpus.gpus_per_node, gpus.nodes) == (4, 4, 2)
-    assert gpus.partition == "gpu" and gpus.max_num_timeout == 3
+    assert gpus.partition == "gpu" and gpus.max_num_timeout == 0  # no requeue until it resumes
     with pytest.raises(Exception, match="trainer.devices='auto': a cluster job needs"):
         launcher("hydra/launcher=slurm", "trainer=ddp").tasks_per_node
+    with pytest.raises(Exception, match="trainer.accelerator='auto': a cluster job must say"):
+        launcher("hydra/launcher=slurm").gpus_per_node  # the default trainer: GPU if any
+    local = launcher("hydra/launcher=local_jobs", "trainer=cpu")
+    assert (local.tasks_per_node, local.gpus_per_node) == (1, 0)
+    assert launcher("hydra/launcher=local_jobs", "trainer=gpu").gpus_per_node == 1
+    with pytest.raises(Exception, match="local_jobs runs each job as one process"):
+        launcher("hydra/launcher=local_jobs", "trainer=ddp_cpu").tasks_per_node
 
 
 def read(path):
@@ -76,8 +83,8 @@ def test_a_sweep_through_slurm_is_a_job_array_and_compares_as_one_group(slurm, t
 def test_ddp_through_srun_two_processes(slurm, tmp_path):
     """trainer=ddp_cpu asks SLURM for two tasks; srun starts both and Lightning joins them."""
     sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "lmvision.train", "-m", "seed=0", "trainer=ddp_cpu",
-                      "hydra/launcher=slurm", *SMALL_JOBS, *TINY, f"hydra.sweep.dir={sweep}"],
+    result = run_cli(["-m", "lmvision.train", "-m", "seed=0", "hydra/launcher=slurm",
+                      *SMALL_JOBS, *TINY, "trainer=ddp_cpu", f"hydra.sweep.dir={sweep}"],
                      cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read(sweep / "0" / "run.json")

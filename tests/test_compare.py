@@ -93,12 +93,27 @@ def test_the_command_prints_each_format_and_writes_charts(sweep, tmp_path, capsy
     assert "backbone=resnet18" in capsys.readouterr().out
 
 
-def test_a_group_of_one_seed_warns(tmp_path, capsys):
+def test_a_group_of_one_seed_warns_and_json_stays_strict(tmp_path, capsys):
     write_run(tmp_path, "only", ["optimizer.lr=0.1"], 0, {"test/acc": 0.5})
     compare([str(tmp_path), "--format", "markdown", "-m", "test/acc"])
     captured = capsys.readouterr()
     assert "| optimizer.lr=0.1 | 1 | 0.5000 |" in captured.out
     assert "fewer than 3 seeds" in captured.err
+    compare([str(tmp_path), "--format", "json", "-m", "test/acc"])
+    text = capsys.readouterr().out
+    assert "NaN" not in text and json.loads(text)[0]["test/acc"]["std"] is None
+
+
+def test_an_evaluation_is_not_grouped_with_training_and_sorting_follows_the_metric(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, f"train{seed}", [], seed, {"test/acc_seen": 0.2 + seed * 0.1})
+    evaluated = write_run(tmp_path, "eval", [], 0, {"test/acc_seen": 0.9})
+    record = json.loads((evaluated / "run.json").read_text())
+    (evaluated / "run.json").write_text(json.dumps({**record, "job_type": "eval"}))
+    runs, _ = find_runs([str(tmp_path)])
+    rows = summarise(runs, ["test/acc_seen"])
+    # higher is better for an accuracy, even one whose name ends in "_seen"
+    assert [(r["group"], r["n"]) for r in rows] == [("job_type=eval", 1), ("(no overrides)", 2)]
 
 
 @pytest.mark.parametrize("args, message", [

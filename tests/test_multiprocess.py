@@ -216,3 +216,17 @@ def test_ddp_under_multirun_each_job_runs_its_own_processes(tmp_path):
     assert compared.returncode == 0, compared.stderr[-2000:]
     (group,) = json.loads(compared.stdout)
     assert group["n"] == 2 and group["seeds"] == [0, 1]
+
+
+def test_a_failing_ddp_job_does_not_end_the_sweep(tmp_path):
+    """Job 0 fails on both of its processes after they started (its network does not fit the
+    data); Lightning's watcher of the second process must not take the sweep down with it."""
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "lmvision.train", "-m", "experiment=pixel_lm_digits",
+                      "strategy.net.image_size=16,8", "data.image_size=8", "trainer=ddp_cpu",
+                      "strategy.probe=false", "strategy.samples=0", "logger=csv", "debug=limit",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert f"Sweep {sweep}: 1 of 2 jobs completed, 1 failed" in result.stdout
+    assert [read(sweep / j / "run.json")["status"] for j in ("0", "1")] == ["failed", "completed"]
+    assert "strategy.net.image_size must equal data.image_size" in result.stderr

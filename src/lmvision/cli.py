@@ -90,30 +90,72 @@ def processes_join_this_job() -> None:
     """Under ``-m``, Lightning starts the other DDP processes of a job (``trainer=ddp_cpu``,
     several GPUs) with this process's command line, ``-m`` and all, which would start the whole
     sweep again in each, and with Hydra's ``run.dir``, which is not the job's directory. Make
-    both this job's: the command line becomes the job's own overrides (a single run) and
-    ``run.dir`` its output directory, so that those processes join this job."""
+    both this job's: the command line keeps its options (``-cd``, ``-cn``...) and becomes the
+    job's own overrides (a single run) and ``run.dir`` its output directory, so that those
+    processes join this job. And a failing job must not end the sweep: Lightning's watcher of
+    those processes kills this process too when one of them fails; here it kills only them."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict, read_write
 
     hydra_cfg = HydraConfig.get()
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    options, words = [], iter(sys.argv[1:])
+    for word in words:  # Hydra's flags, without -m and without the sweep's overrides
+        if word in ("-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"):
+            options += [word, next(words, "")]
+        elif word.startswith(("--config-path=", "--config-name=", "--config-dir=")):
+            options.append(word)
+    sys.argv = [sys.argv[0], *options, *hydra_cfg.overrides.task]
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    spare_this_process_when_a_child_fails()
+
+
+def spare_this_process_when_a_child_fails() -> None:
+    try:
+        from lightning_fabric.strategies.launchers import subprocess_script
+    except ImportError:
+        return
+    observer = getattr(subprocess_script, "_ChildProcessObserver", None)
+    if observer is None or getattr(observer, "_lmvision_spares_main", False) or \
+            not hasattr(observer, "_terminate_all"):
+        return
+
+    def terminate_children(self) -> None:
+        for child in self._child_processes:
+            child.send_signal(self._termination_signal)
+
+    observer._terminate_all = terminate_children
+    observer._lmvision_spares_main = True
 
 
 def end_process_group(environment: dict[str, str]) -> None:
-    """After a sweep's job: close its DDP process group (its other processes have exited) and
-    give back the environment the job started with. Lightning leaves ``LOCAL_RANK``,
+    """After a sweep's job: let its other processes finish (or end them), close its DDP process
+    group and give back the environment the job started with. Lightning leaves ``LOCAL_RANK``,
     ``WORLD_SIZE``, ``MASTER_PORT``... in it when it starts processes; the next job would read
     them as "started by a launcher" and wait for processes that never come."""
+    import subprocess
+    import threading
+
+    for thread in threading.enumerate():
+        children = getattr(thread, "_child_processes", None)
+        if type(thread).__name__ != "_ChildProcessObserver" or children is None:
+            continue
+        for child in children:
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        thread._finished = True
     if "torch" in sys.modules:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if dict(os.environ) != environment:
-        os.environ.clear()
-        os.environ.update(environment)
+    for key in set(os.environ) - set(environment):
+        del os.environ[key]
+    for key, value in environment.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def user_message(err: BaseException, config_name: str = "train") -> str | None:

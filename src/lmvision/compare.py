@@ -30,7 +30,7 @@ from typing import Any
 from lmvision.errors import UserError
 
 IGNORED = ("seed", "hydra", "paths", "logger", "ckpt_path")  # keys that do not make a group
-LOWER_IS_BETTER = ("loss", "bits_per_dim", "seconds", "error", "_s")
+LOWER_IS_BETTER = ("loss", "bits_per_dim", "seconds", "error")  # words in a metric's name
 FORMATS = ("rich", "markdown", "csv", "json")
 
 
@@ -112,6 +112,8 @@ def find_runs(patterns: list[str], ignore: tuple[str, ...] = IGNORED) -> tuple[l
                     metrics[key] = float(record[key])
             kept = tuple(sorted(o for o in read_overrides(run_dir, record)
                                 if not ignored(o, ignore)))
+            if record.get("job_type", "train") != "train":  # an evaluation is not a training run
+                kept = (f"job_type={record['job_type']}", *kept)
             runs.append(Run(str(run_dir), kept, record.get("seed"), metrics,
                             read_curves(run_dir)))
     return runs, unfinished
@@ -169,7 +171,10 @@ def default_metrics(runs: list[Run]) -> list[str]:
 
 
 def lower_is_better(metric: str) -> bool:
-    return any(part in metric for part in LOWER_IS_BETTER)
+    """Losses, bits, errors and times (``*_s``) sort lowest first; the rest highest first."""
+    name = metric.split("/")[-1].removesuffix("_best")
+    return name.endswith("_s") or any(word in name.split("_") or word == name
+                                      for word in LOWER_IS_BETTER) or "loss" in name
 
 
 def group_runs(runs: list[Run]) -> dict[tuple[str, ...], list[Run]]:
@@ -231,7 +236,8 @@ def summarise(runs: list[Run], metrics: list[str], sort: str | None = None,
     rows = []
     for key, members in groups.items():
         row: dict[str, Any] = {"group": label(key), "n": len(members),
-                               "seeds": sorted((r.seed for r in members), key=str),
+                               "seeds": sorted((r.seed for r in members),
+                                               key=lambda x: (not isinstance(x, int), str(x))),
                                "runs": [r.path for r in members]}
         for metric in metrics:
             values = [r.metrics[metric] for r in members if metric in r.metrics]
@@ -266,8 +272,8 @@ def cell(stats: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]], metrics: list[str], fmt: str) -> str:
     """The summary as text: ``markdown``, ``csv`` or ``json`` (``rich`` is printed by main)."""
-    if fmt == "json":
-        return json.dumps(rows, indent=1, default=lambda x: None) + "\n"
+    if fmt == "json":  # strict JSON: a value that cannot be computed is null
+        return json.dumps(nan_to_none(rows), indent=1, allow_nan=False) + "\n"
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out)
@@ -283,6 +289,16 @@ def table(rows: list[dict[str, Any]], metrics: list[str], fmt: str) -> str:
         name = r["group"] + (" (baseline)" if r["baseline"] else "")
         lines.append(f"| {name} | {r['n']} | " + " | ".join(cell(r[m]) for m in metrics) + " |")
     return "\n".join(lines) + "\n"
+
+
+def nan_to_none(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [nan_to_none(v) for v in value]
+    return value
 
 
 def print_rich(rows: list[dict[str, Any]], metrics: list[str]) -> None:

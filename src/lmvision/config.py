@@ -36,6 +36,8 @@ def register_resolvers() -> None:
         "lmv.minilm_path": minilm_path,
         "lmv.tasks_per_node": tasks_per_node,
         "lmv.gpus_per_node": gpus_per_node,
+        "lmv.local_gpus": local_gpus,
+        "lmv.one_task": one_task,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -72,8 +74,42 @@ def tasks_per_node(devices):
 
 def gpus_per_node(accelerator, devices):
     """``${lmv.gpus_per_node:${trainer.accelerator},${trainer.devices}}``: GPUs to ask SLURM
-    for on each node: the devices when training on GPUs, none on CPUs."""
-    return tasks_per_node(devices) if str(accelerator) in ("gpu", "cuda") else None
+    for on each node: the devices when training on GPUs, none on CPUs. ``auto`` cannot be
+    decided on a login node, so it is refused."""
+    if str(accelerator) in ("gpu", "cuda"):
+        return tasks_per_node(devices)
+    if str(accelerator) == "cpu":
+        return None
+    from lmvision.errors import UserError
+
+    raise UserError(f"trainer.accelerator={accelerator!r}: a cluster job must say whether it "
+                    "asks for GPUs: trainer=gpu or trainer=ddp (GPUs), trainer=cpu or "
+                    "trainer=ddp_cpu (CPUs)")
+
+
+def local_gpus(accelerator, devices):
+    """``${lmv.local_gpus:${trainer.accelerator},${trainer.devices}}``: GPUs a local job may
+    see: none on CPUs, else the devices (``auto``: as many of them as this machine has)."""
+    if str(accelerator) == "cpu":
+        return 0
+    wanted = tasks_per_node(devices)
+    if str(accelerator) in ("gpu", "cuda"):
+        return wanted
+    import torch
+
+    return min(wanted, torch.cuda.device_count())
+
+
+def one_task(devices):
+    """``${lmv.one_task:${trainer.devices}}``: a local job is one process (DDP over several
+    devices is for a plain ``-m`` sweep or ``hydra/launcher=slurm``)."""
+    if devices in (1, "1"):
+        return 1
+    from lmvision.errors import UserError
+
+    raise UserError(f"trainer.devices={devices!r}: hydra/launcher=local_jobs runs each job as one "
+                    "process; for DDP over several devices use a plain -m sweep or "
+                    "hydra/launcher=slurm")
 
 
 register_resolvers()

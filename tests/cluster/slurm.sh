@@ -5,10 +5,13 @@
 #   tests/cluster/slurm.sh stop     # stop the daemons this script started
 #   tests/cluster/slurm.sh status   # sinfo
 # One partition, "debug", with this machine as its only node and all of its CPUs. No accounting
-# daemon (submitit logs a harmless warning that sacct is unavailable).
+# daemon (submitit logs a harmless warning that sacct is unavailable). Its config is
+# $LMVISION_SLURM_DIR/slurm.conf (default /tmp/lmvision-slurm), never /etc/slurm: commands reach
+# this cluster with SLURM_CONF set to that file (the script exports it for the daemons).
 set -euo pipefail
 DIR=${LMVISION_SLURM_DIR:-/tmp/lmvision-slurm}
-CONF=/etc/slurm/slurm.conf
+CONF=$DIR/slurm.conf
+export SLURM_CONF=$CONF
 
 need_root() {
   [ "$(id -u)" = 0 ] || { echo "SLURM needs root to start here (uid $(id -u))" >&2; exit 3; }
@@ -37,7 +40,7 @@ start_munge() {
 write_conf() {
   local node cpus memory
   node=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it follows OMP_NUM_THREADS
   memory=$(( $(awk '/^MemTotal/ {print $2}' /proc/meminfo) / 1024 - 2048 ))
   mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$(dirname "$CONF")"
   cat > "$CONF" <<SLURMCONF
@@ -70,14 +73,14 @@ SLURMCONF
 
 start() {
   need_root
-  if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|alloc'; then sinfo; return; fi
+  if [ -f "$CONF" ] && sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed|alloc'; then sinfo; return; fi
   install_packages
   start_munge
   write_conf
   [ -f "$DIR/slurmctld.pid" ] && kill "$(cat "$DIR/slurmctld.pid")" 2>/dev/null || true
   [ -f "$DIR/slurmd.pid" ] && kill "$(cat "$DIR/slurmd.pid")" 2>/dev/null || true
-  /usr/sbin/slurmctld
-  /usr/sbin/slurmd
+  /usr/sbin/slurmctld -f "$CONF"
+  /usr/sbin/slurmd -f "$CONF"
   for _ in $(seq 60); do
     if sinfo -h -o %T 2>/dev/null | grep -qE 'idle|mixed'; then sinfo; return; fi
     scontrol update nodename="$(hostname -s)" state=resume >/dev/null 2>&1 || true
