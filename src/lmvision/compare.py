@@ -158,7 +158,7 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 # -- summarising ----------------------------------------------------------------------------------
 def default_metrics(runs: list[Run]) -> list[str]:
     """The test metric of what the runs select on (``<monitor>_best`` in their metrics, e.g.
-    ``val/acc_best`` → ``test/acc``) and the selection metric itself."""
+    ``val/<metric>_best`` → ``test/<metric>``) and the selection metric itself."""
     names: list[str] = []
     for run in runs:
         for key in run.metrics:
