@@ -65,6 +65,10 @@ def test_groups_differ_only_in_seed_with_hand_checked_statistics(sweep):
     # paired over seeds: differences 0.1, 0.2, 0.3 -> t = 0.2 / (0.1 / sqrt 3) = 3.464, df 2
     assert lifted["test/acc"]["pairs"] == 3
     assert lifted["test/acc"]["p"] == pytest.approx(0.07418, abs=1e-4)
+    # the same sweep read twice: each seed still pairs once
+    twice = summarise(runs + runs, ["test/acc"], baseline="backbone=small_cnn")
+    assert twice[0]["n"] == 6 and twice[0]["test/acc"]["pairs"] == 3
+    assert twice[0]["test/acc"]["p"] == pytest.approx(0.07418, abs=1e-4)
     # a loss sorts the other way: lower first
     by_loss = summarise(runs, ["test/loss"], sort="test/loss")
     assert by_loss[0]["group"] == "backbone=resnet18"

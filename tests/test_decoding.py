@@ -143,3 +143,29 @@ def test_the_same_captions_as_hugging_face_generate_greedy_and_beam():
                                          min_new=2, use_cache=False))
                 theirs = model.generate(num_beams=beams, **settings)
                 assert upto_end(ours) == upto_end(theirs), (seed, beams)
+
+
+def test_a_wrapped_decoder_that_passes_keyword_arguments_on_keeps_its_cache():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=8, n_positions=32, n_embd=16, n_layer=1,
+                                       n_head=2)).eval()
+
+    class Wrapper(nn.Module):  # forwards everything, as PEFT's and compiled models do
+        def __init__(self):
+            super().__init__()
+            self.inner, self.reads = model, []
+
+        def forward(self, **kwargs):
+            self.reads.append(kwargs["inputs_embeds"].shape[1])
+            return self.inner(**kwargs)
+
+    wrapped = Wrapper()
+    embeds = torch.randn(2, 3, 16)
+    with torch.no_grad():
+        out = decode(CausalStep(wrapped), embeds, model.get_input_embeddings(), 7, 0, max_new=4,
+                     min_new=4)
+        direct = decode(CausalStep(model), embeds, model.get_input_embeddings(), 7, 0,
+                        max_new=4, min_new=4)
+    assert torch.equal(out, direct) and wrapped.reads == [3, 1, 1, 1]

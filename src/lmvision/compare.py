@@ -199,10 +199,18 @@ def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
 
 def paired_test(group: list[Run], baseline: list[Run], metric: str) -> tuple[int, float]:
     """Pairs (same seed) and the two-sided p-value of a paired t-test of ``metric`` (with the
-    same difference for every pair, 0 when it is not zero and 1 when it is)."""
-    base = {r.seed: r.metrics[metric] for r in baseline if metric in r.metrics}
-    pairs = [(r.metrics[metric], base[r.seed]) for r in group
-             if metric in r.metrics and r.seed in base]
+    same difference for every pair, 0 when it is not zero and 1 when it is). A seed that a
+    group ran more than once (the same sweep read twice, a rerun) counts once, with the mean
+    of its runs: repeats are not independent pairs."""
+    def by_seed(runs: list[Run]) -> dict[Any, float]:
+        values: dict[Any, list[float]] = {}
+        for r in runs:
+            if metric in r.metrics:
+                values.setdefault(r.seed, []).append(r.metrics[metric])
+        return {seed: sum(v) / len(v) for seed, v in values.items()}
+
+    base, ours = by_seed(baseline), by_seed(group)
+    pairs = [(value, base[seed]) for seed, value in ours.items() if seed in base]
     if len(pairs) < 2:
         return len(pairs), math.nan
     from scipy import stats

@@ -49,7 +49,13 @@ class CausalStep:
     def __init__(self, decoder: nn.Module) -> None:
         self.decoder = decoder
         params = inspect.signature(decoder.forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        if "cache" in params or "past_key_values" in params:
+            self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        else:  # a wrapper (PEFT, compiled) that passes **kwargs on: the installed name
+            import transformers
+
+            major = int(transformers.__version__.split(".")[0])
+            self.cache_arg = "cache" if major >= 5 else "past_key_values"
         self.last_only = next((k for k in ("logits_to_keep", "num_logits_to_keep")
                                if k in params), None)
 
