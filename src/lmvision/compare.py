@@ -90,23 +90,19 @@ def find_runs(patterns: list[str], ignore: tuple[str, ...] = IGNORED) -> tuple[l
             raise UserError(f"{pattern}: no such directory (give run or sweep directories, or "
                             "globs that match some)")
         roots += found
+    from lmvision.runs import read_records
+
     runs, unfinished, seen = [], 0, set()
     for root in roots:
-        for record_path in sorted(root.rglob("run.json")):
-            run_dir = record_path.parent.resolve()
+        for run_dir, record, final in read_records(root):
+            run_dir = run_dir.resolve()
             if run_dir in seen:
                 continue
             seen.add(run_dir)
-            try:
-                record = json.loads(record_path.read_text())
-            except json.JSONDecodeError as e:
-                raise UserError(f"{record_path}: not a run record ({e})") from None
-            metrics_path = run_dir / "metrics.json"
-            if record.get("status") != "completed" or not metrics_path.is_file():
+            if final is None:
                 unfinished += 1
                 continue
-            metrics = {k: float(v) for k, v in json.loads(metrics_path.read_text()).items()
-                       if isinstance(v, (int, float))}
+            metrics = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
             for key in ("fit_seconds", "wall_time_s"):
                 if isinstance(record.get(key), (int, float)):
                     metrics[key] = float(record[key])

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lmvision.errors import UserError
 from lmvision.files import read_json, write_json
@@ -249,23 +249,35 @@ def print_summary(run_dir: Path, metrics: dict[str, float], monitor: str | None 
     print("Metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in headline.items()), flush=True)
 
 
-def collect_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Every completed run under ``root`` as one flat row: choices, seed, metrics, timings.
+def read_records(root: str | Path) -> Iterator[tuple[Path, dict[str, Any], dict | None]]:
+    """Every run record under ``root``: its directory, its ``run.json`` and, for a completed
+    run, its ``metrics.json`` (``None`` for a run that is running, failed or was stopped).
 
-    Reads only the run record (``run.json`` + ``metrics.json``), so it works on run directories
-    copied from a cluster without lmvision's heavy dependencies.
+    Reads only the run record, so it works on run directories copied from a cluster without
+    lmvision's heavy dependencies.
     """
-    rows = []
     for record_path in sorted(Path(root).rglob("run.json")):
-        record = json.loads(record_path.read_text())
+        try:
+            record = json.loads(record_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{record_path}: not a run record ({e})") from None
         metrics_path = record_path.with_name("metrics.json")
-        if record.get("status") != "completed" or not metrics_path.is_file():
+        completed = record.get("status") == "completed" and metrics_path.is_file()
+        yield (record_path.parent, record,
+               json.loads(metrics_path.read_text()) if completed else None)
+
+
+def collect_runs(root: str | Path) -> list[dict[str, Any]]:
+    """Every completed run under ``root`` as one flat row: choices, seed, metrics, timings."""
+    rows = []
+    for run_dir, record, metrics in read_records(root):
+        if metrics is None:
             continue
-        row: dict[str, Any] = {"run_dir": str(record_path.parent), "seed": record.get("seed"),
+        row: dict[str, Any] = {"run_dir": str(run_dir), "seed": record.get("seed"),
                                "job_type": record.get("job_type"),
                                "fit_seconds": record.get("fit_seconds"),
                                "wall_time_s": record.get("wall_time_s")}
         row.update(record.get("choices") or {})
-        row.update(json.loads(metrics_path.read_text()))
+        row.update(metrics)
         rows.append(row)
     return rows
