@@ -10,8 +10,10 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from lmvision.files import atomic_write
 from lmvision.runs import git_info, package_versions
@@ -64,6 +66,19 @@ def environment_line() -> str:
     return (f"Measured on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {cores} CPU cores "
             f"({cpu}, {platform.system()} {platform.machine()}), {gpu}, Python "
             f"{platform.python_version()}, {packages}; lmvision {commit}.")
+
+
+def median_seconds(call: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """The median wall time of ``repeats`` calls of ``call``, after ``warmup`` untimed ones
+    (whatever must finish inside the timing, e.g. a GPU sync, belongs in ``call``)."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def write_results(readme: Path, text: str, section: str = "results") -> None:

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,12 +47,7 @@ def explain(ckpt: Path, out: Path, limit: int | None) -> dict:
 
 def timed(generate, batch: int, repeats: int) -> float:
     """Captions per second: the median of ``repeats`` timed calls after a warm-up call."""
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        generate()
-        times.append(time.perf_counter() - start)
-    return batch / statistics.median(times[1:])
+    return batch / studies.median_seconds(generate, repeats, warmup=1)
 
 
 def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -39,13 +37,9 @@ def train(args: list[str], run_dir: Path) -> dict:
 
 
 def help_seconds(repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "lmvision.train", "--help"], capture_output=True,
-                       check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return studies.median_seconds(lambda: subprocess.run(
+        [sys.executable, "-m", "lmvision.train", "--help"], capture_output=True, check=True),
+        repeats)
 
 
 def shapes_per_second(n: int = 20000) -> float:

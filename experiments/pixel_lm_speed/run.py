@@ -26,9 +26,7 @@ bf16 (FLOPs per token 6N + 12·L·T·d, as in the PaLM appendix; peak from ``--p
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -52,10 +50,8 @@ def train_rate(model, forward, batch: int, steps: int, device: str, dtype=None) 
     """Pixel tokens per second of forward + backward + AdamW steps (median step time)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(COLORS, (batch, PIXELS), device=device)
-    times = []
-    for i in range(steps + 3):  # 3 warm-up steps (and compilation) are not timed
-        sync(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
             logits = forward(tokens)
             loss = F.cross_entropy(logits.reshape(-1, COLORS).float(), tokens.reshape(-1))
@@ -63,9 +59,9 @@ def train_rate(model, forward, batch: int, steps: int, device: str, dtype=None) 
         loss.backward()
         optimizer.step()
         sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return batch * PIXELS / statistics.median(times)
+
+    # 3 warm-up steps (and compilation) are not timed
+    return batch * PIXELS / studies.median_seconds(step, steps, warmup=3)
 
 
 def own(dim, depth, heads, attention, device):
@@ -104,14 +100,12 @@ def sampling_seconds(model, batch: int, use_cache: bool, device: str, repeats: i
     """Median wall time of generating ``batch`` whole images, after one untimed warm-up run."""
     model.eval()
     prefix = model.prefix(batch=batch, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
+
+    def sample() -> None:
         model.generate(prefix, greedy=True, use_cache=use_cache)
         sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    return studies.median_seconds(sample, repeats, warmup=1)
 
 
 def main() -> int:
