@@ -12,13 +12,16 @@ from torch import nn
 from lmvision.data.collate import BatchCollator
 from lmvision.data.shapes import ShapesDataset
 from lmvision.errors import UserError
-from lmvision.faithfulness import (SALIENCY_METHODS, Faithfulness, mask_out, pointing_hits,
-                                   saliency)
+from lmvision.faithfulness import SALIENCY_METHODS, Faithfulness, mask_out, pointing_hits, saliency
 from lmvision.nn.captioner import Captioner
 from lmvision.nn.image_encoders import SmallCNN
 from lmvision.text.caption_metrics import caption_scores, mentions
-from lmvision.text.tokenizers import (CausalFormat, WordPieceTokenizer, tokenizer_from_state,
-                                      tokenizer_state)
+from lmvision.text.tokenizers import (
+    CausalFormat,
+    WordPieceTokenizer,
+    tokenizer_from_state,
+    tokenizer_state,
+)
 from lmvision.train import train
 
 CAPTIONS = ["a red circle in the top left", "a big blue square", "one green cross (small)"]
@@ -299,10 +302,10 @@ def trained_pair(tmp_path_factory):
 
 
 def test_explain_a_folder_of_png_files_with_a_separate_classifier(trained_pair, tmp_path):
+    from conftest import compose
     from PIL import Image
 
     from lmvision.explain import explain
-    from conftest import compose
 
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -332,8 +335,9 @@ def test_explain_a_folder_of_png_files_with_a_separate_classifier(trained_pair, 
 
 
 def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
-    from lmvision.explain import explain
     from conftest import compose
+
+    from lmvision.explain import explain
 
     out = tmp_path / "explained"
     metrics = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=20",

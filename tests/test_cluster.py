@@ -32,14 +32,14 @@ def test_the_slurm_launcher_asks_for_one_task_per_device():
     assert (gpus.tasks_per_node, gpus.gpus_per_node, gpus.nodes) == (4, 4, 2)
     assert gpus.partition == "gpu" and gpus.max_num_timeout == 0  # no requeue until it resumes
     with pytest.raises(Exception, match="trainer.devices='auto': a cluster job needs"):
-        launcher("hydra/launcher=slurm", "trainer=ddp").tasks_per_node
+        _ = launcher("hydra/launcher=slurm", "trainer=ddp").tasks_per_node
     with pytest.raises(Exception, match="trainer.accelerator='auto': a cluster job must say"):
-        launcher("hydra/launcher=slurm").gpus_per_node  # the default trainer: GPU if any
+        _ = launcher("hydra/launcher=slurm").gpus_per_node  # the default trainer: GPU if any
     local = launcher("hydra/launcher=local_jobs", "trainer=cpu")
     assert (local.tasks_per_node, local.gpus_per_node) == (1, 0)
     assert launcher("hydra/launcher=local_jobs", "trainer=gpu").gpus_per_node == 1
     with pytest.raises(Exception, match="local_jobs runs each job as one process"):
-        launcher("hydra/launcher=local_jobs", "trainer=ddp_cpu").tasks_per_node
+        _ = launcher("hydra/launcher=local_jobs", "trainer=ddp_cpu").tasks_per_node
 
 
 def read(path):

@@ -7,9 +7,10 @@ explanations faithful to its decisions? Writes README.md's results and the panel
 For each seed: `python -m lmvision.train experiment=captioner_shapes` (the multi-task
 captioner: caption scores against 5 references per test image, and explain/* at test), then
 `python -m lmvision.explain` on its last checkpoint over the test split with every saliency
-method (Grad-CAM, integrated gradients, occlusion, LIME): pointing per method beside the random-peak
-baseline, and the panel sheet. Last, decoding speed (its own README section; `--speed-only CKPT` measures just that, for a
-trained `captioner_shapes` checkpoint): captions per second of the trained model on test images
+method (Grad-CAM, integrated gradients, occlusion, LIME): pointing per method beside the
+random-peak baseline, and the panel sheet. Last, decoding speed (its own README section;
+`--speed-only CKPT` measures just that, for a trained `captioner_shapes` checkpoint): captions
+per second of the trained model on test images
 at batch 1 and 64, greedy and beam search (4 beams), with and without the KV cache (the median
 of timed runs after a warm-up), whether greedy captions are identical with and without it, and
 the same greedy timings for a larger decoder of the same design (a GPT-2 of width 512 and 8
@@ -53,13 +54,12 @@ def timed(generate, batch: int, repeats: int) -> float:
 def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:
     """Captions per second of the trained captioner on test images, and of a larger decoder."""
     import torch
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     import lmvision.config  # noqa: F401  (resolvers)
     from lmvision.config import config_dir
     from lmvision.explain import load_strategy
-
-    from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         base = compose("explain", overrides=[f"ckpt_path={ckpt}"], return_hydra_config=False)
@@ -76,8 +76,8 @@ def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:
         for decoding in ("greedy", "beam"):
             for cache in (True, False):
                 x = images[:batch]
-                rate = timed(lambda: model.net.generate(x, decoding=decoding, num_beams=4,
-                                                        use_cache=cache), batch, 1 if quick else 3)
+                rate = timed(lambda x=x, decoding=decoding, cache=cache: model.net.generate(
+                    x, decoding=decoding, num_beams=4, use_cache=cache), batch, 1 if quick else 3)
                 rows.append({"model": "trained", "batch": batch, "decoding": decoding,
                              "cache": cache, "captions_per_s": rate})
                 print(rows[-1], flush=True)
@@ -90,7 +90,8 @@ def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:
     for batch in (1, 64):
         for cache in (True, False):
             x = images[:batch]
-            rate = timed(lambda: large.generate(x, min_length=39, use_cache=cache), batch, 1)
+            rate = timed(lambda x=x, cache=cache: large.generate(x, min_length=39, use_cache=cache),
+                         batch, 1)
             rows.append({"model": f"GPT-2 {width} wide, {depth} layers", "batch": batch,
                          "decoding": "greedy, 39 tokens", "cache": cache, "captions_per_s": rate})
             print(rows[-1], flush=True)

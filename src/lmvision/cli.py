@@ -66,8 +66,8 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     from hydra.types import RunMode
 
     sweeping = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    environment = dict(os.environ)
     if sweeping:
+        environment = dict(os.environ)
         processes_join_this_job()
     try:
         return fn(cfg)

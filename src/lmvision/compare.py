@@ -122,7 +122,7 @@ def wandb_runs(project: str, ignore: tuple[str, ...] = IGNORED) -> tuple[list[Ru
         import wandb
 
         api_runs = list(wandb.Api(timeout=30).runs(project))
-    except Exception as e:  # no network, no key, no such project: say which, in one line
+    except Exception as e:  # noqa: BLE001 - no network, no key, no such project: one line
         raise UserError(f"--wandb {project}: cannot read the project from W&B "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                         "compare local run directories instead") from None

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lmvision.data import spec
+from lmvision.errors import UserError
 from lmvision.text.hub import minilm_path
 
 
@@ -49,9 +50,7 @@ def choose(option, key, *pairs):
     the value of ``option``."""
     table = dict(zip(pairs[::2], pairs[1::2]))
     if key not in table:
-        from lmvision.errors import UserError
-
-        raise UserError(f"{option}={key!r}: choose one of {', '.join(map(str, table))}")
+            raise UserError(f"{option}={key!r}: choose one of {', '.join(map(str, table))}")
     return table[key]
 
 
@@ -66,8 +65,6 @@ def tasks_per_node(devices):
     Lightning's DDP under ``srun`` requires (``trainer.devices == SLURM_NTASKS_PER_NODE``)."""
     if isinstance(devices, int) and devices > 0:
         return devices
-    from lmvision.errors import UserError
-
     raise UserError(f"trainer.devices={devices!r}: a cluster job needs the number of devices "
                     "per node (one task each), e.g. trainer.devices=4")
 
@@ -80,8 +77,6 @@ def gpus_per_node(accelerator, devices):
         return tasks_per_node(devices)
     if str(accelerator) == "cpu":
         return None
-    from lmvision.errors import UserError
-
     raise UserError(f"trainer.accelerator={accelerator!r}: a cluster job must say whether it "
                     "asks for GPUs: trainer=gpu or trainer=ddp (GPUs), trainer=cpu or "
                     "trainer=ddp_cpu (CPUs)")
@@ -105,8 +100,6 @@ def one_task(devices):
     devices is for a plain ``-m`` sweep or ``hydra/launcher=slurm``)."""
     if devices in (1, "1"):
         return 1
-    from lmvision.errors import UserError
-
     raise UserError(f"trainer.devices={devices!r}: hydra/launcher=local_jobs runs each job as one "
                     "process; for DDP over several devices use a plain -m sweep or "
                     "hydra/launcher=slurm")

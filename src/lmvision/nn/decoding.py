@@ -14,7 +14,7 @@ included, padding after it; T is at most ``max_new`` and shorter when every row 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

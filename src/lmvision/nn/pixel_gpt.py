@@ -228,4 +228,3 @@ class PixelGPT(nn.Module):
                 if use_cache:
                     logits = self(token.unsqueeze(1), cache, position + 1)[:, -1]
         return pixels
-
