@@ -30,7 +30,7 @@ def test_the_slurm_launcher_asks_for_one_task_per_device():
     gpus = launcher("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
                     "trainer.num_nodes=2", "hydra.launcher.partition=gpu")
     assert (gpus.tasks_per_node, gpus.gpus_per_node, gpus.nodes) == (4, 4, 2)
-    assert gpus.partition == "gpu" and gpus.max_num_timeout == 0  # no requeue until it resumes
+    assert gpus.partition == "gpu" and gpus.max_num_timeout == 3  # requeued after a time limit
     with pytest.raises(Exception, match="trainer.devices='auto': a cluster job needs"):
         _ = launcher("hydra/launcher=slurm", "trainer=ddp").tasks_per_node
     with pytest.raises(Exception, match="trainer.accelerator='auto': a cluster job must say"):
@@ -92,3 +92,64 @@ def test_ddp_through_srun_two_processes(slurm, tmp_path):
     assert record["device"]["world_size"] == 2 and record["device"]["strategy"] == "DDPStrategy"
     logs = sorted(p.name.split("_")[-2] for p in (sweep / ".submitit").rglob("*_log.out"))
     assert logs == ["0", "1"]  # one log per srun task
+
+
+@pytest.mark.slow
+def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(slurm, tmp_path):
+    """SLURM's warning signal mid-run: the job saves, is requeued by SLURM as the same job,
+    resumes in the same directory (the default, timestamped sweep dir) and the same W&B run,
+    and its final weights equal those of a run that was never stopped."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from conftest import compose
+
+    from lmvision.train import train
+
+    args = ["data.num_images=600", "data.batch_size=16", "backbone=resnet18",
+            "trainer=cpu", "trainer.max_epochs=2"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "lmvision.train", "-m", "seed=0", "hydra/launcher=slurm",
+         *SMALL_JOBS, *args, "logger=many"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline, record_path, record = time.time() + 600, None, {}
+    while time.time() < deadline and "device" not in record:  # training has started
+        found = list((tmp_path / "multirun").rglob("0/run.json"))
+        record_path = found[0] if found else None
+        record = (read(record_path) if record_path else {}) or {}
+        assert sweep.poll() is None, sweep.communicate()[1][-3000:]
+        time.sleep(0.5)
+    assert "device" in record, "the job never started training"
+    time.sleep(1)  # a few batches in
+    job_id = record["slurm"]["job_id"]
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    while time.time() < deadline and read(record_path).get("status") != "requeued":
+        time.sleep(0.5)
+    # SLURM holds a requeued job for a while (about 2 minutes) before it may start again
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+    out, err = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, err[-3000:]
+    run = record_path.parent
+    assert f"{run.parent.relative_to(tmp_path)}: 1 of 1 jobs completed" in out
+
+    record = read(run / "run.json")
+    assert record["status"] == "completed" and record["restarts"] == 1, record
+    (stop,) = record["preempted"]
+    assert 0 < stop["step"] < 2 * 27  # mid-run (27 batches an epoch)
+    assert record["resumed"][0]["from"] == str(run / "checkpoints" / "last.ckpt")
+    assert record["slurm"]["restart_count"] == 1  # SLURM's own count of the requeue
+    offline_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2  # one per attempt, both under the run's one W&B id
+    assert {name.rsplit("-", 1)[1] for name in offline_runs} == {record["wandb"]["id"]}
+
+    straight = tmp_path / "straight"
+    train(compose([*args, "logger=csv"], straight))
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * 27)
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key

@@ -226,10 +226,63 @@ def test_training_order_depends_on_seed_and_epoch_only():
     sampler = EpochShuffleSampler(50, seed=3)
     first = list(sampler)
     torch.manual_seed(123)  # the global random state does not matter (a resumed run differs there)
-    assert list(sampler) == first and sorted(first) == list(range(50))
+    assert list(sampler) == first and sorted(i for i, _ in first) == list(range(50))
+    assert {epoch for _, epoch in first} == {0}  # keys carry the epoch (it seeds augmentation)
     sampler.set_epoch(1)
     assert list(sampler) != first
     assert list(EpochShuffleSampler(50, seed=4)) != first
+
+
+def test_a_resumed_epoch_skips_what_was_trained_once():
+    from lmvision.data.datamodule import EpochShuffleSampler, ResumableDistributedSampler
+
+    whole = list(EpochShuffleSampler(50, seed=3))
+    resumed = EpochShuffleSampler(50, seed=3, skip=(0, 20))
+    assert list(resumed) == whole[20:]
+    assert list(resumed) == whole  # the next pass (a new epoch) is whole again
+    later = EpochShuffleSampler(50, seed=3, skip=(1, 20))
+    assert list(later) == whole  # the skip belongs to epoch 1
+    later.set_epoch(1)
+    assert len(list(later)) == 30
+    share = list(ResumableDistributedSampler(list(range(50)), num_replicas=2, rank=1, seed=3))
+    skipped = ResumableDistributedSampler(list(range(50)), num_replicas=2, rank=1, seed=3,
+                                          skip=(0, 10))
+    assert list(skipped) == share[10:] and all(epoch == 0 for _, epoch in share)
+
+
+def test_an_items_augmentation_depends_on_seed_epoch_and_item_only():
+    """Whatever the global random state, order or process: a resumed run draws what a run that
+    was never stopped drew, and the global random state is left as it was."""
+    from torchvision.transforms import v2
+
+    from lmvision.data.datamodule import TransformedSubset
+
+    images = TensorDataset(torch.randint(0, 255, (6, 1, 8, 8), dtype=torch.uint8))
+    data = TransformedSubset(images, torch.arange(6), v2.RandomErasing(p=0.5, value=0), seed=7)
+    torch.manual_seed(0)
+    first = [data[(i, 0)]["image"] for i in range(6)]
+    torch.manual_seed(1)
+    state = torch.get_rng_state()
+    again = [data[(i, 0)]["image"] for i in reversed(range(6))][::-1]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert any(not torch.equal(a, data[(i, 1)]["image"]) for i, a in enumerate(first))  # epoch
+    assert any(not torch.equal(a, b) for a, b in zip(first, images_of(images)))  # it augments
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": 0}
+
+
+def images_of(data: TensorDataset) -> list[torch.Tensor]:
+    return list(data.images)
 
 
 @pytest.mark.parametrize("n", [9, 10])

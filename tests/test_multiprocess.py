@@ -17,10 +17,11 @@ def read(path):
 
 
 def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
-    sweep = tmp_path / "sweep"
     result = run_cli(["-m", "lmvision.train", "-m", "seed=0,1,2", "backbone=small_cnn,resnet18",
-                      *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=900)
+                      *TINY], cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the default sweep directory: multirun/<name>/<date>/<time>
+    (sweep,) = (tmp_path / "multirun" / "image_classifier").glob("*/*")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3", "4", "5"]
     seen = set()

@@ -84,6 +84,12 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
     from hydra.utils import instantiate
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect() and "plugins" not in cfg.trainer and "plugins" not in kwargs:
+        # the environment Lightning would choose, without its requeue on SIGUSR1: a job warned
+        # by SLURM is saved and requeued by lmvision and submitit (lmvision.preemption)
+        kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
     except InstantiationException as err:

@@ -29,3 +29,28 @@ def user_error_in(err: BaseException | None) -> UserError | None:
         resolving = type(err).__name__ == "InterpolationResolutionError"
         err = err.__cause__ or (err.__context__ if resolving else None)
     return None
+
+
+class Preempted(BaseException):
+    """Ends a training run that was warned of its time limit or preemption, after it saved a
+    checkpoint (see :mod:`lmvision.preemption`). A ``BaseException``, like ``SystemExit``: no
+    ``except Exception`` on the way may take it for a failure of the run.
+
+    Args:
+        signum: The warning signal.
+        handler: The handler the run had replaced (submitit's, which requeues the job).
+        checkpoint: The checkpoint saved where the run stopped.
+        epoch: The epoch it stopped in.
+        step: The optimiser steps it had taken.
+    """
+
+    def __init__(self, signum: int, handler, checkpoint: str, epoch: int, step: int) -> None:
+        super().__init__(f"stopped at epoch {epoch}, step {step} by signal {int(signum)}; "
+                         f"saved {checkpoint}")
+        self.signum, self.handler, self.checkpoint = signum, handler, checkpoint
+        self.epoch, self.step = epoch, step
+
+    def hand_over(self) -> None:
+        """Give the signal to the handler that was replaced (submitit requeues and exits)."""
+        if callable(self.handler):
+            self.handler(self.signum, None)

@@ -4,7 +4,8 @@
   holds another run. A training run given ``ckpt_path`` of a run continues in that run's
   directory, keeps the first ``.hydra`` config and writes its own beside it
   (``.hydra/resume-<n>/``).
-* :class:`SweepGuard` refuses a sweep whose directory already holds the runs of a sweep.
+* :class:`SweepGuard` refuses a sweep whose directory already holds the runs of a sweep
+  (except an Optuna search continuing its study: its jobs are named by trial number).
 
 Hydra turns an ``Exception`` raised by a callback into a warning and goes on, so these exit
 with ``SystemExit`` instead.
@@ -52,6 +53,15 @@ class RunDirGuard(Callback):
 
 class SweepGuard(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        # the sweep directory names the run (``${name}``: ``${hydra:runtime.choices...}``), and
+        # Hydra sets what ``${hydra:...}`` reads only when a job starts: set it now, for the
+        # sweep's config, so the directory resolves here, in the sweeper and in cluster jobs
+        if not HydraConfig.initialized():
+            HydraConfig.instance().set_config(config)
+        if continues_a_study(config):  # job directories are trial numbers: never reused
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         held = sorted(p.parent.name for p in sweep_dir.glob("*/run.json")) if sweep_dir.is_dir() else []
         if held:
@@ -65,8 +75,14 @@ class SweepSummary(Callback):
         lines, failed = summarize_sweep(Path(str(config.hydra.sweep.dir)),
                                         config.get("optimized_metric"))
         print("\n".join(lines), flush=True)
-        if failed:
+        if failed and not continues_a_study(config):  # a search has its own failure limit
             raise SystemExit(1)
+
+
+def continues_a_study(config: DictConfig) -> bool:
+    """Whether the sweeper is the resumable Optuna search (``hydra/sweeper=optuna_search``)."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default="") or "")
+    return target.endswith("OptunaSearchSweeper")
 
 
 def job_type_of(config: DictConfig) -> str:

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from lmvision.errors import UserError
+from lmvision.errors import Preempted, UserError
 from lmvision.files import read_json, write_json
 
 PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
@@ -49,12 +49,38 @@ def run_of(ckpt_path: str | None) -> Path | None:
     return run if (run / "run.json").is_file() else None
 
 
-def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None) -> bool:
+def slurm_job() -> dict[str, Any] | None:
+    """This process's SLURM job, from the variables SLURM sets (``None`` outside SLURM)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    job = {"job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        job["array"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    return job
+
+
+def requeued_checkpoint(run_dir: Path) -> tuple[bool, str | None]:
+    """Whether this process is a requeued SLURM job continuing the run in ``run_dir`` (its
+    run.json names the same SLURM job), and the checkpoint to resume from (``last.ckpt``; None
+    when the job was stopped before it saved one: the run starts over in its directory)."""
+    job = slurm_job()
+    record = read_json(Path(run_dir) / "run.json", None) or {}
+    earlier = record.get("slurm") or {}
+    if job is None or earlier.get("job_id") != job["job_id"]:
+        return False, None
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return True, str(last.resolve()) if last.is_file() else None
+
+
+def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None,
+                  same_job: bool = False) -> bool:
     """Check that this run may write into ``run_dir``; True when it resumes the run there.
 
     Raises a UserError when the directory holds another run's record (``run.json``) and this
-    run does not resume it (a training run whose ``ckpt_path`` lies inside that directory), and
-    when a training run would resume a run somewhere else than in that run's directory.
+    run does not resume it (a training run whose ``ckpt_path`` lies inside that directory, or
+    ``same_job``: the same SLURM job, requeued), and when a training run would resume a run
+    somewhere else than in that run's directory.
     """
     own = run_of(ckpt_path) if job_type == "train" else None
     if own is not None and own != Path(run_dir).resolve():
@@ -65,7 +91,7 @@ def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None) -> bool:
     record = Path(run_dir) / "run.json"
     if not record.is_file():
         return False
-    if own is not None:
+    if own is not None or same_job:
         return True
     status = (read_json(record) or {"status": "unreadable"}).get("status", "unknown")
     raise UserError(
@@ -161,6 +187,7 @@ class RunRecord:
             "packages": package_versions(),
             "python": platform.python_version(),
             "choices": choices or {},
+            "slurm": slurm_job(),
         }
         if earlier:
             self.info = {**earlier, **{k: v for k, v in self.info.items() if k != "started_at"},
@@ -198,6 +225,15 @@ class RunRecord:
                     wall_time_s=round(time.time() - self.started, 3),
                     ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
+    def requeued(self, stop: Preempted) -> None:
+        """Mark run.json ``requeued``: the job saved where it was and will continue."""
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.update(status="requeued", ended_at=now,
+                    wall_time_s=round(time.time() - self.started, 3),
+                    preempted=[*self.info.get("preempted", []),
+                               {"at": now, "epoch": stop.epoch, "step": stop.step,
+                                "checkpoint": stop.checkpoint}])
+
     def _write(self) -> None:
         if self.enabled:
             write_json(self.run_dir / "run.json", self.info)
@@ -206,7 +242,8 @@ class RunRecord:
 @contextmanager
 def recorded(record: RunRecord, trainer, datamodule, config: dict):
     """Around a fit/test: log the config to every logger and note data and device in run.json;
-    on any error mark run.json failed (and re-raise); always close the W&B run."""
+    on any error mark run.json failed (and re-raise), on a warning signal ``requeued``; always
+    close the W&B run."""
     from lmvision.loggers import finish_wandb
 
     try:
@@ -218,6 +255,9 @@ def recorded(record: RunRecord, trainer, datamodule, config: dict):
                           class_split=getattr(datamodule, "class_split", None),
                           device=device_info(trainer), wandb=wandb_info(trainer.loggers))
         yield
+    except Preempted as stop:  # saved where it was; to be requeued and resumed
+        record.requeued(stop)
+        raise
     except BaseException as err:
         record.fail(err)
         raise

@@ -18,6 +18,10 @@ from omegaconf import DictConfig
 from lmvision.cli import main as run_cli
 from lmvision.cli import run_task
 from lmvision.config import config_dir
+from lmvision.errors import Preempted
+
+# what run.json's `resumed` says of a requeued job that had saved no checkpoint yet
+NO_CHECKPOINT_YET = "none: stopped before its first checkpoint, started over"
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
@@ -43,16 +47,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     from lmvision import build, checkpoints, runs
     from lmvision.callbacks import RunState, StopAfterEpochs
+    from lmvision.preemption import Requeue
     from lmvision.validate import check_config
 
     out = build.run_dir(cfg)
     ckpt_path = cfg.get("ckpt_path")
     fitting = cfg.get("train", True)
+    same_job = False
+    if fitting and not ckpt_path:  # a requeued SLURM job continues its run (lmvision.preemption)
+        same_job, ckpt_path = runs.requeued_checkpoint(out)
     resuming = runs.is_rank_zero() and runs.claim_run_dir(out, "train" if fitting else "eval",
-                                                          ckpt_path)
+                                                          ckpt_path, same_job)
     choices = build.group_choices()
     record = runs.RunRecord(out, cfg.get("seed"), "train", choices,
-                            resumed_from=ckpt_path if resuming else None)
+                            resumed_from=(ckpt_path or NO_CHECKPOINT_YET) if resuming else None)
     with build.failures_recorded(record):
         check_config(cfg)
         check_run_options(cfg)
@@ -81,7 +89,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(RunState(build.config_container(cfg, resolve=False), choices))
         if cfg.get("stop_after_epochs") is not None:
             callbacks.append(StopAfterEpochs(cfg.stop_after_epochs))
+        if fitting:
+            callbacks.append(Requeue(out / "checkpoints" / "last.ckpt"))
         trainer = build.trainer(cfg, callbacks, build.instantiate_group(cfg.get("logger")))
+    try:
+        metrics = fit_and_test(cfg, trainer, model, datamodule, record, callbacks, fitting,
+                               ckpt_path)
+    except Preempted as stop:
+        stop.hand_over()  # submitit requeues the job and exits; in other processes it returns
+        raise SystemExit(0) from None
+    if trainer.is_global_zero:
+        runs.print_summary(out, metrics, cfg.strategy.get("monitor"))
+    return metrics
+
+
+def fit_and_test(cfg: DictConfig, trainer, model, datamodule, record, callbacks: list,
+                 fitting: bool, ckpt_path: str | None) -> dict[str, float]:
+    from lmvision import build, runs
+
     with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
         fit_metrics, fit_seconds, saved = {}, 0.0, {"best": None, "last": None}
         if fitting:
@@ -101,8 +126,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = runs.flat_metrics(fit_metrics, test_metrics)
         record.finish(metrics, status="stopped" if stopped else "completed",
                       fit_seconds=round(fit_seconds, 3), checkpoints=saved)
-    if trainer.is_global_zero:
-        runs.print_summary(out, metrics, cfg.strategy.get("monitor"))
     return metrics
 
 

@@ -60,8 +60,12 @@ class ImageDataModule(pl.LightningDataModule):
         shots_per_class: Keep this many training images per class (few-shot), drawn with
             ``split_seed``; ``None`` keeps all.
 
-    Training batches are shuffled by a sampler seeded with ``split_seed`` and the epoch, so a
-    resumed run sees the same order as one that was never stopped. Under DDP each process gets
+    Training batches are shuffled by a sampler seeded with ``split_seed`` and the epoch, and
+    each training image is augmented with a random state seeded by ``split_seed``, the epoch and
+    the item, so that batches never depend on the global random state, on prefetching or on the
+    number of loader workers. A checkpoint saved mid-epoch (a preempted job) records how many
+    batches of the epoch were trained (:meth:`state_dict`): a run resumed from it continues with
+    the next batch, and ends with the weights of a run that was never stopped. Under DDP each process gets
     its share of the training set (padded to equal length, as DDP needs) and of val/test
     *without* padding: every item is evaluated exactly once, so metrics equal one process's.
     """
@@ -132,6 +136,7 @@ class ImageDataModule(pl.LightningDataModule):
         for message in self.split_warnings:
             warnings.warn(message, SplitWarning, stacklevel=2)
         self.data_train = self.data_val = self.data_test = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained in it)
 
     def use_raw_pixels(self, augment: bool = False) -> None:
         """Serve images as floats in [0, 1] in every split, unnormalised (a strategy that models
@@ -198,7 +203,7 @@ class ImageDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is None:
             self.data_train = TransformedSubset(self.dataset, self.split["train"],
-                                                self.train_transform)
+                                                self.train_transform, seed=self.split_seed)
             self.data_val = TransformedSubset(self.dataset, self.split["val"], self.eval_transform)
             self.data_test = TransformedSubset(self.dataset, self.split["test"],
                                                self.eval_transform)
@@ -212,6 +217,24 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.data_test, self.eval_batch_size, train=False)
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: during a training epoch, the epoch and how many of its
+        batches were trained (none after a whole epoch), so that a resume skips those."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if not 0 < done < trainer.num_training_batches:
+            return {}
+        return {"train_epoch": int(trainer.current_epoch), "train_batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if "train_epoch" in state_dict:
+            self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+            # Lightning cannot see that the training sampler resumes in place, and would warn
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that "
+                                    "ended before the epoch ended")
+
     def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
         # Batches are flat dicts: move the tensors, leave the strings (Lightning's default walks
         # every string of `text` and `caption`: about half a millisecond per step here).
@@ -219,21 +242,28 @@ class ImageDataModule(pl.LightningDataModule):
                 for k, v in batch.items()}
 
     def _loader(self, data: Dataset, batch_size: int, train: bool) -> DataLoader:
+        # the loader's own generator: starting an epoch's iterator (which draws the workers'
+        # base seed) leaves the global random state alone, wherever a run was resumed
         return DataLoader(
-            data, batch_size=batch_size, sampler=self._sampler(data, train),
+            data, batch_size=batch_size, sampler=self._sampler(data, batch_size, train),
             num_workers=self.num_workers, collate_fn=self.collate, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.split_seed),
         )
 
-    def _sampler(self, data: Dataset, train: bool) -> Sampler:
+    def _sampler(self, data: Dataset, batch_size: int, train: bool) -> Sampler:
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
+        resume = None
+        if train:
+            resume, self._resume_at = self._resume_at, None
+            skip = (resume[0], resume[1] * batch_size) if resume else None
         if world == 1:
-            return EpochShuffleSampler(len(data), self.split_seed) if train else None
+            return EpochShuffleSampler(len(data), self.split_seed, skip) if train else None
         rank = trainer.global_rank
         if train:  # Lightning sets the epoch; padding keeps every process's step count equal
-            return DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
-                                      seed=self.split_seed)
+            return ResumableDistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
+                                               seed=self.split_seed, skip=skip)
         if len(data) < world:
             raise DataConfigError(f"a split of {len(data)} items cannot be shared by {world} "
                                   "processes; use more data or fewer devices")
@@ -273,12 +303,27 @@ class ImageDataModule(pl.LightningDataModule):
             )
 
 
-class EpochShuffleSampler(Sampler[int]):
+class _Resumable:
+    """What the training samplers share: they yield ``(index, epoch)`` (the epoch seeds the
+    item's augmentation) and can skip the start of one epoch, the part a resumed run trained
+    before it was stopped (``skip=(epoch, items)``; once only)."""
+
+    epoch: int
+    skip: tuple[int, int] | None
+
+    def _keyed(self, order: list[int]) -> Iterator[tuple[int, int]]:
+        start = 0
+        if self.skip is not None and self.skip[0] == self.epoch:
+            start, self.skip = self.skip[1], None
+        return ((i, self.epoch) for i in order[start:])
+
+
+class EpochShuffleSampler(_Resumable, Sampler[tuple[int, int]]):
     """A random order of ``range(n)`` drawn from ``seed`` and the epoch (set by Lightning), so
     that it does not depend on the global random state: a resumed run gets the same order."""
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, int(seed), 0
+    def __init__(self, n: int, seed: int, skip: tuple[int, int] | None = None) -> None:
+        self.n, self.seed, self.epoch, self.skip = n, int(seed), 0, skip
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -286,9 +331,21 @@ class EpochShuffleSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return self._keyed(torch.randperm(self.n, generator=generator).tolist())
+
+
+class ResumableDistributedSampler(_Resumable, DistributedSampler):
+    """This process's share of a seeded, padded order (torch's DistributedSampler), keyed and
+    skippable like :class:`EpochShuffleSampler`."""
+
+    def __init__(self, *args: Any, skip: tuple[int, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return self._keyed(list(super().__iter__()))
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -303,22 +360,41 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
 
 class TransformedSubset(Dataset):
-    """A view of some items of a dataset with a transform on the image; adds ``index``."""
+    """A view of some items of a dataset with a transform on the image; adds ``index``.
 
-    def __init__(self, dataset: Dataset, indices: torch.Tensor, transform: Callable) -> None:
+    A key ``(i, epoch)`` (what the training samplers yield) runs the transform under a random
+    state seeded by ``seed``, the epoch and the item, when ``seed`` is given: an item's
+    augmentation is then the same whichever process, worker or batch loads it, and whatever
+    the global random state is (it is left untouched).
+    """
+
+    def __init__(self, dataset: Dataset, indices: torch.Tensor, transform: Callable,
+                 seed: int | None = None) -> None:
         self.dataset = dataset
         self.indices = indices
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         index = int(self.indices[i])
         item = dict(self.dataset[index])
-        item["image"] = self.transform(item["image"])
+        if epoch is None or self.seed is None:
+            item["image"] = self.transform(item["image"])
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed(self.seed, epoch, index))
+                item["image"] = self.transform(item["image"])
         item["index"] = index  # position in the full dataset (used to cache per-item features)
         return item
+
+
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's augmentation in one epoch."""
+    return ((int(seed) * 1_000_003 + int(epoch)) * 2_654_435_761 + int(index)) % (2**63 - 1)
 
 
 def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict:
