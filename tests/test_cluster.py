@@ -96,36 +96,38 @@ def test_ddp_through_srun_two_processes(slurm, tmp_path):
 
 @pytest.mark.slow
 def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(slurm, tmp_path):
-    """SLURM's warning signal mid-run: the job saves, is requeued by SLURM as the same job,
-    resumes in the same directory (the default, timestamped sweep dir) and the same W&B run,
-    and its final weights equal those of a run that was never stopped."""
+    """SLURM's warning signal mid-run to a 2-process DDP job: both processes stop at the same
+    batch, the job saves, is requeued by SLURM as the same job, resumes in the same directory
+    (the default, timestamped sweep dir) and the same W&B run, and its final weights equal
+    those of a run that was never stopped."""
+    import csv
     import os
     import subprocess
     import sys
     import time
 
     import torch
-    from conftest import compose
-
-    from lmvision.train import train
 
     args = ["data.num_images=600", "data.batch_size=16", "backbone=resnet18",
-            "trainer=cpu", "trainer.max_epochs=2"]
+            "trainer=ddp_cpu", "trainer.max_epochs=2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sweep = subprocess.Popen(
         [sys.executable, "-m", "lmvision.train", "-m", "seed=0", "hydra/launcher=slurm",
-         *SMALL_JOBS, *args, "logger=many"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+         *SMALL_JOBS, *args, "logger=many", "trainer.log_every_n_steps=1",
+         "+logger.csv.flush_logs_every_n_steps=1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
-    deadline, record_path, record = time.time() + 600, None, {}
-    while time.time() < deadline and "device" not in record:  # training has started
-        found = list((tmp_path / "multirun").rglob("0/run.json"))
-        record_path = found[0] if found else None
-        record = (read(record_path) if record_path else {}) or {}
+    deadline, steps = time.time() + 600, 0
+    while time.time() < deadline and steps < 2:  # wait until two steps are logged
+        logs = list((tmp_path / "multirun").rglob("0/csv/metrics.csv"))
+        if logs:
+            with open(logs[0], newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("train/loss_step")]
+            steps = max((int(r["step"]) for r in rows), default=0)
         assert sweep.poll() is None, sweep.communicate()[1][-3000:]
-        time.sleep(0.5)
-    assert "device" in record, "the job never started training"
-    time.sleep(1)  # a few batches in
-    job_id = record["slurm"]["job_id"]
+        time.sleep(0.2)
+    assert steps >= 2, "the job never started training"
+    record_path = logs[0].parent.parent / "run.json"
+    job_id = read(record_path)["slurm"]["job_id"]
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     while time.time() < deadline and read(record_path).get("status") != "requeued":
         time.sleep(0.5)
@@ -139,17 +141,20 @@ def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(
     record = read(run / "run.json")
     assert record["status"] == "completed" and record["restarts"] == 1, record
     (stop,) = record["preempted"]
-    assert 0 < stop["step"] < 2 * 27  # mid-run (27 batches an epoch)
+    assert 2 <= stop["step"] < 2 * 14  # mid-run (14 batches an epoch in each process)
     assert record["resumed"][0]["from"] == str(run / "checkpoints" / "last.ckpt")
     assert record["slurm"]["restart_count"] == 1  # SLURM's own count of the requeue
     offline_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 2  # one per attempt, both under the run's one W&B id
     assert {name.rsplit("-", 1)[1] for name in offline_runs} == {record["wandb"]["id"]}
 
-    straight = tmp_path / "straight"
-    train(compose([*args, "logger=csv"], straight))
+    straight = tmp_path / "straight"  # the same two processes, never stopped, without SLURM
+    plain = {k: None for k in os.environ if k.startswith("SLURM_")}
+    result = run_cli(["-m", "lmvision.train", *args, "logger=csv", f"hydra.run.dir={straight}"],
+                     cwd=tmp_path, timeout=900, env=plain)
+    assert result.returncode == 0, result.stderr[-3000:]
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * 27)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * 14)
     for key, value in a["state_dict"].items():
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key

@@ -104,6 +104,8 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
                            if a not in ("-m", "--multirun")] + ["--cfg", "job"]
     else:
         args.append("debug=fdr")
+        if any(w.startswith("hparams_search=") for w in words):
+            args.append("hydra.sweeper.n_trials=2")  # a search: two trials are enough here
         resume = any(w.startswith("ckpt_path=") for w in words) and "train=false" not in words \
             and words[0].endswith("lmvision-train")
         if not resume:  # a resume continues in its run's directory
