@@ -75,11 +75,28 @@ def sweep_dir(tmp_path_factory):
     return sweep
 
 
+def user_data(root):
+    """Class folders of images and a captions.jsonl beside them, as the README shows."""
+    import json
+
+    from test_file_data import COLORS, write_images
+
+    rows = []
+    for name, color in COLORS.items():
+        for path in write_images(root / name, n=6, color=color):
+            rows.append({"image": str(path.relative_to(root)), "label": name,
+                         "caption": f"a {name} patch"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
 @pytest.mark.parametrize("command", readme_commands())
 def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path):
     if command.split(" ")[0].endswith("lmvision-compare"):
         command = command.replace("multirun/image_classifier",
                                   str(request.getfixturevalue("sweep_dir")))
+    if "/data/pets" in command:  # the README's own data: a folder and a JSONL written here
+        command = command.replace("/data/pets", str(user_data(tmp_path / "pets")))
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)  # a resume changes the run it continues: use a copy
     for name, path in named_runs.items():

@@ -52,6 +52,8 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
             else OmegaConf.select(cfg, "text_encoder.tokenizer"))
     if node is None:
         raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
+    if captions:  # a captioner learns from the captions: the data must have them
+        datamodule.require_strings("caption")
     if tokenizer is None:
         tokenizer = instantiate(node)(datamodule.train_texts("caption" if captions else "text"))
     net: dict[str, Any] = {}
@@ -96,6 +98,19 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
         if isinstance(err.__cause__, MisconfigurationException):
             raise UserError(f"trainer: {err.__cause__}") from err
         raise
+
+
+def record_skipped(datamodule, record, out: Path) -> None:
+    """With ``data.on_bad_item=skip``: the unreadable items left out, listed in
+    ``skipped_items.json`` and counted in run.json."""
+    skipped = getattr(datamodule.dataset, "skipped", None)
+    if skipped and record.enabled:
+        from lmvision.files import write_json
+
+        write_json(out / "skipped_items.json", skipped)
+        record.update(data_skipped=len(skipped))
+        print(f"data.on_bad_item=skip: left out {len(skipped)} unreadable items "
+              f"(listed in {out / 'skipped_items.json'})", flush=True)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lmvision.data import spec
+from lmvision.data import catalog, spec
 from lmvision.errors import UserError
 from lmvision.text.hub import minilm_path
 
@@ -33,6 +33,7 @@ def register_resolvers() -> None:
         "lmv.choose": choose,
         "lmv.when_positive": when_positive,
         "lmv.num_classes": spec.num_classes,
+        "lmv.num_classes_in": catalog.num_classes,
         "lmv.task": spec.task,
         "lmv.minilm_path": minilm_path,
         "lmv.tasks_per_node": tasks_per_node,

@@ -73,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         datamodule, model = build.data_and_model(cfg, tokenizer,
                                                  build.stored_descriptions(stored, cfg))
         build.record_descriptions(model, record, out)
+        build.record_skipped(datamodule, record, out)
         if stored is not None:
             checkpoints.check_fits(stored, model, ckpt_path, "ckpt_path", cfg.strategy._target_,
                                    choices)

@@ -120,7 +120,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.eval_transform = v2.Compose(base + norm)
         self.mean, self.std = mean, std
 
-        self.split = seeded_split(len(dataset), val_fraction, test_fraction, split_seed)
+        predefined = getattr(dataset, "split_indices", None)
+        if predefined is not None:  # the data's own split (val drawn from train if absent)
+            self.split = own_split(predefined, val_fraction, split_seed)
+        else:
+            self.split = seeded_split(len(dataset), val_fraction, test_fraction, split_seed)
         self.unseen_classes: list[int] = []  # indices of the held-out classes
         if holdout_classes is not None or shots_per_class is not None:
             if self.task != "multiclass":
@@ -175,13 +179,28 @@ class ImageDataModule(pl.LightningDataModule):
         """Tokenise the ``tokenize_keys`` fields, and ``keys`` (those a strategy needs), with
         ``tokenizer`` in every batch from now on; ``per_key`` gives some fields their own (a
         captioner's ``caption`` tokenizer beside the ``text`` one)."""
+        for key in (*keys, *(per_key or {})):
+            self.require_strings(key)
         self.tokenizer = tokenizer
         keys = tuple(self.tokenize_keys) + tuple(k for k in keys if k not in self.tokenize_keys)
         keys += tuple(k for k in (per_key or {}) if k not in keys)
         self.collate = BatchCollator(tokenizer, self.max_text_length, keys, per_key)
 
+    def has_strings(self, key: str) -> bool:
+        """Whether the items carry ``key`` (``text``, ``caption``): file datasets may not."""
+        return not (hasattr(self.dataset, f"{key}s") and getattr(self.dataset, f"{key}s") is None)
+
+    def require_strings(self, key: str) -> None:
+        """One clear error when a strategy reads ``key`` and the items have none."""
+        if not self.has_strings(key):
+            source = getattr(self.dataset, "source", type(self.dataset).__name__)
+            raise DataConfigError(f"{source}: this data has no {key} per item, and this strategy "
+                                  "reads one; choose data that has them, or another strategy")
+
     def texts(self, key: str = "text") -> list[str]:
         """The ``text`` (or ``caption``) string of every item, in dataset order."""
+        if not self.has_strings(key):
+            return []
         strings = getattr(self.dataset, f"{key}s", None)
         if strings is None:
             strings = [self.dataset[i].get(key, "") for i in range(len(self.dataset))]
@@ -194,7 +213,7 @@ class ImageDataModule(pl.LightningDataModule):
             refs = self.dataset.references
             return [r for i in self.split["train"].tolist() for r in refs[i]]
         strings = self.texts(key)
-        return [strings[i] for i in self.split["train"].tolist()]
+        return [strings[i] for i in self.split["train"].tolist()] if strings else []
 
     @property
     def fingerprint(self) -> str | None:
@@ -294,6 +313,8 @@ class ImageDataModule(pl.LightningDataModule):
                 f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} "
                 "leaves nothing to train on; keep their sum below 1"
             )
+        if getattr(ds, "split_indices", None) is not None:
+            return  # the data's own split: checked by own_split
         n_val = round(len(ds) * val_fraction)
         n_test = round(len(ds) * test_fraction)
         if min(n_val, n_test, len(ds) - n_val - n_test) < 1:
@@ -395,6 +416,20 @@ class TransformedSubset(Dataset):
 def item_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one item's augmentation in one epoch."""
     return ((int(seed) * 1_000_003 + int(epoch)) * 2_654_435_761 + int(index)) % (2**63 - 1)
+
+
+def own_split(split: dict[str, torch.Tensor], val_fraction: float, seed: int) -> dict:
+    """The data's own split; without ``val``, a seeded ``val_fraction`` of train becomes val."""
+    out = {name: torch.as_tensor(index).sort().values for name, index in split.items()}
+    if "val" not in out:
+        train = out["train"]
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(seed)))
+        n_val = max(1, round(len(train) * val_fraction))
+        out["val"], out["train"] = train[perm[:n_val]].sort().values, train[perm[n_val:]].sort().values
+    for name in ("train", "val", "test"):
+        if not len(out[name]):
+            raise DataConfigError(f"the data's own {name} split is empty")
+    return out
 
 
 def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict:

@@ -41,6 +41,7 @@ class FusionStrategy(ClassificationStrategy):
             raise UserError("strategy=fusion needs a tokenizer; the entry points build it from "
                             "text_encoder.tokenizer")
         self.tokenizer = tokenizer
+        self.text_keys = ("text",)  # the side text of every item
         self.acc_no_text = Accuracy(task=self.task, num_classes=self.num_classes,
                                     num_labels=self.num_classes)
         self._examples: list[dict] = []

@@ -167,7 +167,9 @@ class FileDescriptions:
         if self.path is None:
             raise UserError("descriptions.path is not set and the data config names no shipped "
                             "bank (data.descriptions): give descriptions.path=<file.yaml|json> "
-                            f"or one of {', '.join(shipped_banks())}")
+                            f"or one of {', '.join(shipped_banks())}, or write them with "
+                            "descriptions=language_model (or use the class names: "
+                            "descriptions=class_name)")
         self.path = str(self.path)
         shipped = BANKS / f"{self.path}.yaml"
         if "/" not in self.path and "." not in self.path and shipped.is_file():

@@ -1,0 +1,131 @@
+"""What a file-based dataset holds, read without torch: its class names and rows.
+
+Config resolvers call these while a config is composed (``data.num_classes`` of a folder or a
+JSONL file), and the datasets call the same functions, so the two always agree. Every problem
+is one :class:`~lmvision.errors.UserError` naming the folder, file, line or option.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmvision.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+SPLITS = ("train", "val", "test")
+
+
+def split_folders(root: Path) -> list[str]:
+    """The split sub-folders of an image folder (``train``/``val``/``test``), if it has them."""
+    return [s for s in SPLITS if (root / s).is_dir()]
+
+
+def folder_classes(root: str | Path) -> list[str]:
+    """The class names of an image folder: its sub-folders (of ``train/`` when split)."""
+    root = Path(str(root)).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.root={root}: no such folder")
+    splits = split_folders(root)
+    if splits and "train" not in splits:
+        raise UserError(f"data.root={root}: has {', '.join(splits)}/ but no train/ folder")
+    base = root / "train" if splits else root
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"data.root={base}: no class folders in it (expected <root>/<class>/"
+                        "<image>, or <root>/train/<class>/<image>)")
+    return classes
+
+
+def folder_files(root: str | Path, classes: list[str]) -> dict[str, list[tuple[Path, int]]]:
+    """Per split (``all`` when the folder is not split) the image files and their labels."""
+    root = Path(str(root)).expanduser()
+    splits = split_folders(root) or ["all"]
+    out: dict[str, list[tuple[Path, int]]] = {}
+    for split in splits:
+        base = root if split == "all" else root / split
+        present = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = [c for c in present if c not in classes]
+        if unknown:
+            raise UserError(f"{base}: class folder {unknown[0]!r} is not one of train/'s classes "
+                            f"({', '.join(classes)})")
+        rows = []
+        for label, name in enumerate(classes):
+            folder = base / name
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) \
+                if folder.is_dir() else []
+            if not files and split in ("all", "train"):
+                raise UserError(f"{folder}: an empty class folder (no {'/'.join(IMAGE_EXTENSIONS)} "
+                                "images); remove it or add images")
+            rows += [(f, label) for f in files]
+        out[split] = rows
+    return out
+
+
+def jsonl_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file: one JSON object per line with ``image`` and ``label``
+    (optional ``text``, ``caption``, ``id``, ``split``); blank lines are skipped."""
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.path={path}: no such file")
+    rows, ids = [], {}
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{where}: not JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            for key in ("image", "label"):
+                if key not in row:
+                    raise UserError(f"{where}: no {key!r} key (each line needs image and label)")
+            image = row["image"]
+            if not isinstance(image, str) or not image.strip():
+                raise UserError(f"{where}: 'image' must be a file path, got {image!r}")
+            if "://" in image or Path(image).is_absolute():
+                raise UserError(f"{where}: image {image!r} must be a path relative to the JSONL "
+                                "file's folder (or data.image_root), not a URL or absolute path")
+            if not isinstance(row["label"], (str, int)) or isinstance(row["label"], bool):
+                raise UserError(f"{where}: 'label' must be a class name, got {row['label']!r}")
+            for key in ("text", "caption"):
+                if key in row and (not isinstance(row[key], str) or not row[key].strip()):
+                    raise UserError(f"{where}: {key!r} is empty")
+            if "split" in row and row["split"] not in SPLITS:
+                raise UserError(f"{where}: split {row['split']!r} is not one of {', '.join(SPLITS)}")
+            if "id" in row:
+                if row["id"] in ids:
+                    raise UserError(f"{where}: duplicate id {row['id']!r} (first on line "
+                                    f"{ids[row['id']]})")
+                ids[row["id"]] = number
+            rows.append({**row, "line": number})
+    if not rows:
+        raise UserError(f"data.path={path}: no rows in it")
+    return rows
+
+
+def jsonl_classes(path: str | Path, classes: list[str] | None = None) -> list[str]:
+    """The class names of a JSONL dataset: ``classes`` when given (every label must be one of
+    them), else its labels, sorted."""
+    rows = jsonl_rows(path)
+    if classes:
+        known = [str(c) for c in classes]
+        for row in rows:
+            if str(row["label"]) not in known:
+                raise UserError(f"{path}:{row['line']}: label {row['label']!r} is not in "
+                                f"data.classes ({', '.join(known)})")
+        return known
+    return sorted({str(row["label"]) for row in rows})
+
+
+def num_classes(kind: str, where: str, classes: Any = None) -> int:
+    """``${lmv.num_classes_in:image_folder,<root>}`` / ``${lmv.num_classes_in:jsonl,<path>}``."""
+    if kind == "image_folder":
+        return len(folder_classes(where))
+    if kind == "jsonl":
+        return len(jsonl_classes(where, list(classes) if classes else None))
+    raise UserError(f"lmv.num_classes_in knows image_folder and jsonl, not {kind!r}")

@@ -1,0 +1,148 @@
+"""Datasets of image files on disk (``image_folder``, ``jsonl``): the shared reading part.
+
+Images are decoded in the loader's workers (``data.num_workers``), converted to the data's
+channels (``L`` or ``RGB``), resized so the short side is ``image_size`` and centre-cropped to
+a square, and served as uint8 tensors ``(C, H, W)`` like the embedded datasets.
+
+Every file is decoded once when the dataset is built (``verify=true``), so that an unreadable
+or truncated image stops the run before training, naming the file. With
+``on_bad_item=skip`` such files are left out instead, counted, and listed in ``skipped``
+(the run writes them to ``skipped_items.json`` in its directory).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lmvision.errors import UserError
+
+ON_BAD_ITEM = ("error", "skip")
+
+
+def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
+    """Decode, convert, resize (short side) and centre-crop one image: uint8 ``(C, S, S)``."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        width, height = image.size
+        scale = image_size / min(width, height)
+        if scale != 1.0:
+            size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+            image = image.resize(size, Image.BILINEAR)
+            width, height = image.size
+        left, top = (width - image_size) // 2, (height - image_size) // 2
+        if (width, height) != (image_size, image_size):
+            image = image.crop((left, top, left + image_size, top + image_size))
+        array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None] if channels == 1 else tensor.permute(2, 0, 1).contiguous()
+
+
+def unreadable(path: Path) -> str | None:
+    """Why ``path`` is not a readable image (``None`` when it is)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except FileNotFoundError:
+        return "no such file"
+    except UnidentifiedImageError:
+        return "not an image PIL can read"
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"cannot decode it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
+
+
+class ImageFilesDataset(Dataset):
+    """Items read from image files, with labels and optional strings.
+
+    Args:
+        paths: One image file per item.
+        labels: Class index per item.
+        classes: Class names.
+        image_size: Side of the square images served.
+        channels: 1 (grey) or 3 (RGB).
+        captions: Optional caption per item; texts: optional side text per item.
+        splits: Optional split name per item (``train``/``val``/``test``): the data's own split.
+        on_bad_item: ``error`` (stop, naming the file) or ``skip`` unreadable files.
+        verify: Decode every file now (else a bad file fails when it is loaded).
+        source: What the items came from (folder or file), for messages.
+        where: Per item, where it was declared (``file:line``), for messages.
+    """
+
+    task = "multiclass"
+
+    def __init__(self, paths: list[Path], labels: list[int], classes: list[str], image_size: int,
+                 channels: int, captions: list[str] | None = None, texts: list[str] | None = None,
+                 splits: list[str] | None = None, on_bad_item: str = "error", verify: bool = True,
+                 source: str = "", where: list[str] | None = None) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise UserError(f"data.image_size={image_size!r}: expected a whole number of pixels, "
+                            "at least 1")
+        if channels not in (1, 3):
+            raise UserError(f"data.channels={channels!r}: image files are read as 1 (grey) or "
+                            "3 (RGB) channels")
+        if on_bad_item not in ON_BAD_ITEM:
+            raise UserError(f"data.on_bad_item={on_bad_item!r}: choose error or skip")
+        keep = list(range(len(paths)))
+        self.skipped: list[dict[str, str]] = []
+        if verify:
+            keep = []
+            for i, path in enumerate(paths):
+                reason = unreadable(path)
+                if reason is None:
+                    keep.append(i)
+                    continue
+                named = f"{where[i]}: {path}" if where else str(path)
+                if on_bad_item == "error":
+                    raise UserError(f"{named}: {reason} (data.on_bad_item=skip leaves such "
+                                    "files out)")
+                self.skipped.append({"file": str(path), "reason": reason})
+        if not keep:
+            raise UserError(f"{source}: no readable image in it")
+        self.paths = [Path(paths[i]) for i in keep]
+        self.labels = torch.tensor([int(labels[i]) for i in keep], dtype=torch.long)
+        self.classes = list(classes)
+        self.image_size, self.channels = image_size, channels
+        self.captions = [captions[i] for i in keep] if captions is not None else None
+        self.texts = [texts[i] for i in keep] if texts is not None else None
+        self.split_of = [splits[i] for i in keep] if splits is not None else None
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        item = {"image": read_image(self.paths[index], self.image_size, self.channels),
+                "label": self.labels[index]}
+        if self.captions is not None:
+            item["caption"] = self.captions[index]
+        if self.texts is not None:
+            item["text"] = self.texts[index]
+        return item
+
+    @property
+    def split_indices(self) -> dict[str, torch.Tensor] | None:
+        """The data's own train/val/test split (``None``: the datamodule draws one)."""
+        if self.split_of is None:
+            return None
+        return {name: torch.tensor([i for i, s in enumerate(self.split_of) if s == name],
+                                   dtype=torch.long) for name in ("train", "val", "test")}
+
+    @property
+    def fingerprint(self) -> str:
+        """Files (names, sizes, modification times), labels and strings."""
+        h = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels.tolist()):
+            stat = path.stat()
+            h.update(f"{path.name}\t{stat.st_size}\t{int(stat.st_mtime)}\t{label}\n".encode())
+        for strings in (self.captions, self.texts):
+            h.update("\n".join(strings or []).encode())
+        return h.hexdigest()[:16]

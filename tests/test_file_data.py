@@ -1,0 +1,267 @@
+"""Datasets read from files (image_folder, jsonl) and the bad-input catalogue.
+
+Fixtures are real files in real formats written here: PNG and JPEG images in class folders,
+a JSONL file. Each catalogue case is a bad file or option a user could give; each must stop the
+run before training with a UserError (which the entry points print as one line, exit status 2:
+checked from the command line for one case below) naming the file, line or option, and mark
+the run record failed. The cases and their messages are listed in docs/bad_input.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+
+from lmvision.errors import UserError
+from lmvision.train import train
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+FAST = ["logger=csv", "debug=fdr", "data.image_size=16", "data.num_workers=0"]
+
+
+def write_images(folder: Path, n: int = 12, color=(200, 0, 0), size=(24, 20)) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(len(str(folder)))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = np.clip(np.array(color)[None, None] + rng.normal(0, 20, (*size[::-1], 3)), 0, 255)
+        path = folder / f"{i}.{('png', 'jpg', 'webp')[i % 3]}"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    root = tmp_path / "pets"
+    for name, color in COLORS.items():
+        write_images(root / name, color=color)
+    return root
+
+
+@pytest.fixture
+def jsonl(tmp_path, folder) -> Path:
+    rows = [{"image": str(p.relative_to(tmp_path)), "label": p.parent.name, "id": str(i),
+             "caption": f"a {p.parent.name} patch", "text": "a patch of colour"}
+            for i, p in enumerate(sorted(folder.rglob("*.*")))]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def record(tmp_path) -> dict:
+    return json.loads((tmp_path / "run" / "run.json").read_text())
+
+
+def test_image_folder_trains_with_class_names_from_the_folders(make_cfg, tmp_path, folder):
+    metrics = train(make_cfg("data=image_folder", f"data.root={folder}", *FAST))
+    assert "test/acc" in metrics
+    from lmvision.data.image_folder import ImageFolderDataset
+
+    data = ImageFolderDataset(str(folder), image_size=16)
+    assert data.classes == ["blue", "green", "red"] and len(data) == 36
+    item = data[0]
+    assert item["image"].shape == (3, 16, 16) and item["image"].dtype.is_floating_point is False
+    assert record(tmp_path)["data_fingerprint"] == data.fingerprint
+
+
+def test_image_folder_with_its_own_split(make_cfg, tmp_path):
+    from lmvision.data.datamodule import ImageDataModule
+    from lmvision.data.image_folder import ImageFolderDataset
+
+    root = tmp_path / "split"
+    for split, n in (("train", 10), ("test", 4)):
+        for name, color in COLORS.items():
+            write_images(root / split / name, n=n, color=color)
+    data = ImageFolderDataset(str(root), image_size=8, channels=1)
+    module = ImageDataModule(data, num_classes=3, image_size=8, channels=1, val_fraction=0.2)
+    sizes = {k: len(v) for k, v in module.split.items()}
+    assert sizes == {"train": 24, "val": 6, "test": 12}  # val drawn from train/
+    test_paths = {str(data.paths[i]) for i in module.split["test"].tolist()}
+    assert all("/test/" in p for p in test_paths)
+    assert data[0]["image"].shape == (1, 8, 8)
+    train(make_cfg("data=image_folder", f"data.root={root}", *FAST))
+
+
+def test_jsonl_with_captions_trains_a_classifier_and_a_captioner(make_cfg, tmp_path, jsonl):
+    train(make_cfg("data=jsonl", f"data.path={jsonl}", *FAST))
+    metrics = train(make_cfg("experiment=captioner_shapes", "data=jsonl", f"data.path={jsonl}",
+                             *FAST, output_dir=tmp_path / "cap"))
+    assert "test/bleu4" in metrics
+
+
+def test_fusion_reads_the_jsonl_side_text(make_cfg, tmp_path, jsonl):
+    metrics = train(make_cfg("experiment=fusion_shapes", "text_encoder=scratch", "data=jsonl",
+                             f"data.path={jsonl}", *FAST))
+    assert "test/acc_no_text" in metrics
+
+
+def test_skip_leaves_unreadable_images_out_and_lists_them(make_cfg, tmp_path, folder):
+    bad = folder / "red" / "broken.png"
+    bad.write_bytes(b"not a png")
+    train(make_cfg("data=image_folder", f"data.root={folder}", "data.on_bad_item=skip", *FAST))
+    skipped = json.loads((tmp_path / "run" / "skipped_items.json").read_text())
+    assert [s["file"] for s in skipped] == [str(bad)] and "not an image" in skipped[0]["reason"]
+    assert record(tmp_path)["data_skipped"] == 1
+
+
+def jsonl_of(tmp_path, lines: list[str]) -> Path:
+    write_images(tmp_path / "imgs", n=2)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+GOOD = '{"image": "imgs/0.png", "label": "a"}'
+GOOD2 = '{"image": "imgs/1.jpg", "label": "b"}'
+
+
+def folder_case(make):
+    def build(tmp_path, folder):
+        return ["data=image_folder", f"data.root={make(tmp_path, folder)}"]
+    return build
+
+
+def jsonl_case(*lines: str, extra: tuple[str, ...] = ()):
+    def build(tmp_path, folder):
+        return ["data=jsonl", f"data.path={jsonl_of(tmp_path, list(lines))}", *extra]
+    return build
+
+
+def empty_class(tmp_path, folder):
+    (folder / "purple").mkdir()
+    return folder
+
+
+def unreadable(tmp_path, folder):
+    (folder / "red" / "0.png").write_bytes(b"\x89PNG not really")
+    return folder
+
+
+def truncated(tmp_path, folder):
+    path = folder / "blue" / "0.png"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    return folder
+
+
+def no_classes(tmp_path, folder):
+    root = tmp_path / "flat"
+    root.mkdir()
+    write_images(root / ".." / "flat_images", n=1)
+    return root
+
+
+def no_train_split(tmp_path, folder):
+    root = tmp_path / "splitted"
+    write_images(root / "test" / "a", n=2)
+    return root
+
+
+def unknown_test_class(tmp_path, folder):
+    root = tmp_path / "splitted"
+    write_images(root / "train" / "a", n=4)
+    write_images(root / "test" / "b", n=2)
+    return root
+
+
+# (case, how to build its arguments, the message): docs/bad_input.md lists the same
+CATALOGUE = [
+    ("folder missing", lambda t, f: ["data=image_folder", "data.root=/no/such/folder"],
+     "data.root=/no/such/folder: no such folder"),
+    ("folder without class folders", folder_case(no_classes), "no class folders in it"),
+    ("empty class folder", folder_case(empty_class), "purple: an empty class folder"),
+    ("unreadable image", folder_case(unreadable), "0.png: not an image PIL can read"),
+    ("truncated image", folder_case(truncated), "0.png: cannot decode it"),
+    ("split folders without train/", folder_case(no_train_split), "has test/ but no train/ folder"),
+    ("test/ class not in train/", folder_case(unknown_test_class),
+     "class folder 'b' is not one of train/'s classes"),
+    ("image_size 0", lambda t, f: ["data=image_folder", f"data.root={f}", "data.image_size=0"],
+     "data.image_size=0"),
+    ("channels 2", lambda t, f: ["data=image_folder", f"data.root={f}", "data.channels=2"],
+     "data.channels=2"),
+    ("unknown on_bad_item", lambda t, f: ["data=image_folder", f"data.root={f}",
+                                          "data.on_bad_item=ignore"],
+     "data.on_bad_item='ignore': choose error or skip"),
+    ("split fractions that leave nothing", lambda t, f: ["data=image_folder", f"data.root={f}",
+                                                          "data.val_fraction=0.6",
+                                                          "data.test_fraction=0.5"],
+     "leaves nothing to train on"),
+    ("JSONL file missing", lambda t, f: ["data=jsonl", "data.path=/no/such.jsonl"],
+     "data.path=/no/such.jsonl: no such file"),
+    ("JSONL empty", jsonl_case(""), "no rows in it"),
+    ("JSONL line not JSON", jsonl_case(GOOD, '{"image": "imgs/1.jpg", "label": ', GOOD2),
+     "bad.jsonl:2: not JSON"),
+    ("JSONL line not an object", jsonl_case(GOOD, '["imgs/1.jpg", "b"]'),
+     "bad.jsonl:2: expected a JSON object, got list"),
+    ("JSONL line without label", jsonl_case(GOOD, '{"image": "imgs/1.jpg"}'),
+     "bad.jsonl:2: no 'label' key"),
+    ("JSONL line without image", jsonl_case('{"label": "a"}', GOOD2),
+     "bad.jsonl:1: no 'image' key"),
+    ("JSONL image as URL", jsonl_case(GOOD, '{"image": "https://x.org/1.jpg", "label": "b"}'),
+     "bad.jsonl:2: image 'https://x.org/1.jpg' must be a path relative"),
+    ("JSONL image file missing", jsonl_case(GOOD, '{"image": "imgs/9.png", "label": "b"}'),
+     "bad.jsonl:2:"),
+    ("JSONL label not in data.classes", jsonl_case(GOOD, GOOD2, extra=("data.classes=[a,c]",)),
+     "bad.jsonl:2: label 'b' is not in data.classes"),
+    ("JSONL duplicate id", jsonl_case('{"image": "imgs/0.png", "label": "a", "id": 7}',
+                                      '{"image": "imgs/1.jpg", "label": "b", "id": 7}'),
+     "bad.jsonl:2: duplicate id 7 (first on line 1)"),
+    ("JSONL empty caption", jsonl_case(GOOD, '{"image": "imgs/1.jpg", "label": "b", "caption": " "}'),
+     "bad.jsonl:2: 'caption' is empty"),
+    ("JSONL caption on some lines only",
+     jsonl_case('{"image": "imgs/0.png", "label": "a", "caption": "x"}', GOOD2),
+     "bad.jsonl:2: no 'caption', but other lines have one"),
+    ("JSONL unknown split", jsonl_case('{"image": "imgs/0.png", "label": "a", "split": "dev"}'),
+     "bad.jsonl:1: split 'dev' is not one of train, val, test"),
+    ("JSONL split without test rows",
+     jsonl_case('{"image": "imgs/0.png", "label": "a", "split": "train"}',
+                '{"image": "imgs/1.jpg", "label": "b", "split": "train"}'),
+     "no row has split 'test'"),
+    ("captioner on data without captions",
+     lambda t, f: ["experiment=captioner_shapes", "data=image_folder", f"data.root={f}"],
+     "this data has no caption per item"),
+    ("fusion on data without side text",
+     lambda t, f: ["experiment=fusion_shapes", "data=image_folder", f"data.root={f}"],
+     "this data has no text per item"),
+    ("aux_text without descriptions for these classes",
+     lambda t, f: ["experiment=aux_text_shapes", "data=image_folder", f"data.root={f}"],
+     "descriptions.path is not set and the data config names no shipped bank"),
+    ("a tokenizer to learn from absent text",
+     lambda t, f: ["experiment=fusion_shapes", "text_encoder=scratch", "data=image_folder",
+                   f"data.root={f}"],
+     "text_encoder.tokenizer: no training text to learn a vocabulary from"),
+]
+
+
+@pytest.mark.parametrize("case,build,message", CATALOGUE, ids=[c[0] for c in CATALOGUE])
+def test_bad_input_stops_before_training_naming_it(make_cfg, tmp_path, folder, case, build,
+                                                   message):
+    args = build(tmp_path, folder)
+    with pytest.raises(UserError) as caught:
+        train(make_cfg(*FAST, *args))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert record(tmp_path)["status"] == "failed"
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # it stopped before training
+
+
+def test_the_catalogue_is_large_and_documented():
+    assert len(CATALOGUE) >= 25
+    doc = (ROOT / "docs" / "bad_input.md").read_text()
+    for case, _, message in CATALOGUE:
+        assert f"| {case} |" in doc and message in doc, case
+
+
+def test_a_bad_file_from_the_command_line_is_one_line_and_exit_2(tmp_path, folder):
+    unreadable(tmp_path, folder)
+    result = run_cli(["-m", "lmvision.train", "data=image_folder", f"data.root={folder}", *FAST,
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lmvision: error:")]
+    assert len(errors) == 1 and "0.png: not an image PIL can read" in errors[0]
+    assert record(tmp_path)["status"] == "failed"
