@@ -25,3 +25,15 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
                      cwd=tmp_path, timeout=600)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     assert "| PixelGPT, sdpa |" in result.stdout and "KV cache" in result.stdout
+
+
+@pytest.mark.slow
+def test_data_speed_study_quick_run(tmp_path):
+    """Both loaders run on the same files (the figures are in the study's README)."""
+    summary = tmp_path / "data_speed.json"
+    result = run_cli([str(ROOT / "experiments" / "data_speed" / "run.py"), "--quick",
+                      "--summary", str(summary)], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    data = json.loads(summary.read_text())
+    assert set(data["png"]) == {"0", "2"} and data["png"]["2"]["lmvision"] > 0
+    assert "| PNG | 2 |" in result.stdout

@@ -405,10 +405,14 @@ class TransformedSubset(Dataset):
         item = dict(self.dataset[index])
         if epoch is None or self.seed is None:
             item["image"] = self.transform(item["image"])
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(item_seed(self.seed, epoch, index))
+        else:  # the CPU generator's own methods: torch.manual_seed costs milliseconds here
+            generator = torch.default_generator
+            state = generator.get_state()
+            generator.manual_seed(item_seed(self.seed, epoch, index))
+            try:
                 item["image"] = self.transform(item["image"])
+            finally:
+                generator.set_state(state)
         item["index"] = index  # position in the full dataset (used to cache per-item features)
         return item
 

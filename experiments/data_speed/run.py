@@ -1,0 +1,166 @@
+"""Data-loading speed: lmvision's `image_folder` loader against a plain torchvision loop.
+
+Both read the same image files (PNG, then JPEG) from class folders, decode, resize the short
+side, centre-crop, flip at random, convert to float and normalise, in batches of 64, with 0, 1
+and 2 loader workers (persistent). lmvision's side is the real training loader of
+``ImageDataModule`` over ``ImageFolderDataset`` (its seeded sampler, per-item augmentation
+seeds and dict batches); the plain side is ``torchvision.datasets.ImageFolder`` with a
+``DataLoader``, on the same training items. Each measurement is one epoch after a warm-up
+epoch, the median of ``--repeats``, the two sides alternating. Also printed: the one-off
+check that decodes every file when the dataset is built (``data.verify``).
+
+    .venv/bin/python experiments/data_speed/run.py                  # full study
+    .venv/bin/python experiments/data_speed/run.py --write-readme   # ... and update README.md
+    .venv/bin/python experiments/data_speed/run.py --quick          # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from lmvision.data.datamodule import ImageDataModule
+from lmvision.data.image_folder import ImageFolderDataset
+from lmvision.files import write_json
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
+
+TARGET = 0.9  # lmvision images/s over plain images/s, 2 workers
+
+
+def write_images(root: Path, fmt: str, classes: int, per_class: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, 3)
+        for i in range(per_class):
+            noise = rng.normal(0, 40, (size[1], size[0], 3))
+            pixels = np.clip(base[None, None] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:04d}.{fmt}", quality=90)
+
+
+def lmvision_loader(root: Path, args, workers: int) -> tuple[DataLoader, list[int], float]:
+    started = time.perf_counter()
+    data = ImageFolderDataset(str(root), image_size=args.image_size, verify=True)
+    verify_seconds = time.perf_counter() - started
+    dm = ImageDataModule(data, num_classes=len(data.classes), image_size=args.image_size,
+                         channels=3, batch_size=args.batch_size, num_workers=workers,
+                         augment=[v2.RandomHorizontalFlip()], split_seed=0)
+    dm.setup("fit")
+    return dm.train_dataloader(), dm.split["train"].tolist(), verify_seconds
+
+
+def plain_loader(root: Path, args, workers: int, train_items: list[int]) -> DataLoader:
+    transform = v2.Compose([v2.Resize(args.image_size), v2.CenterCrop(args.image_size),
+                            v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                            v2.RandomHorizontalFlip(), v2.Normalize([0.5] * 3, [0.5] * 3)])
+    data = Subset(datasets.ImageFolder(str(root), transform=transform), train_items)
+    return DataLoader(data, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0)
+
+
+def epoch_rate(loader: DataLoader, epoch: int) -> float:
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    started, seen = time.perf_counter(), 0
+    for batch in loader:
+        images = batch["image"] if isinstance(batch, dict) else batch[0]
+        seen += len(images)
+    return seen / (time.perf_counter() - started)
+
+
+def measure(root: Path, args, workers: int) -> dict:
+    ours, train_items, verify_seconds = lmvision_loader(root, args, workers)
+    plain = plain_loader(root, args, workers, train_items)
+    for loader in (ours, plain):
+        epoch_rate(loader, 0)  # warm-up: workers start, files enter the page cache
+    rates: dict[str, list[float]] = {"lmvision": [], "plain": []}
+    for repeat in range(args.repeats):
+        order = (("lmvision", ours), ("plain", plain))
+        for side, loader in order if repeat % 2 == 0 else order[::-1]:
+            rates[side].append(epoch_rate(loader, repeat + 1))
+    del ours, plain
+    result = {side: float(np.median(values)) for side, values in rates.items()}
+    result["ratio"] = result["lmvision"] / result["plain"]
+    result["verify_seconds"] = verify_seconds
+    result["items"] = len(train_items)
+    return result
+
+
+def readme_text(results: dict, args) -> str:
+    lines = [studies.environment_line(), "",
+             f"{args.classes} classes × {args.per_class} images of {args.width}×{args.height} "
+             f"pixels, served at {args.image_size}×{args.image_size}, batch {args.batch_size}, "
+             f"{results['items']} training images per epoch; median of {args.repeats} epochs.",
+             "", "| format | workers | lmvision (images/s) | plain torchvision (images/s) | ratio |",
+             "|---|---|---|---|---|"]
+    for fmt in args.formats:
+        for workers in args.workers:
+            r = results[fmt][str(workers)]
+            lines.append(f"| {fmt.upper()} | {workers} | {r['lmvision']:,.0f} | {r['plain']:,.0f} "
+                         f"| {r['ratio']:.2f}× |")
+    lines += ["", "Decoding every file once when the dataset is built (`data.verify=true`): " +
+              ", ".join(f"{fmt.upper()} {results[fmt]['0']['verify_seconds']:.2f} s"
+                        for fmt in args.formats) + "."]
+    verdicts = [f"{fmt.upper()} {results[fmt]['2']['ratio']:.2f}×" for fmt in args.formats
+                if "2" in results[fmt]]
+    if verdicts:
+        passed = all(results[fmt]["2"]["ratio"] >= TARGET for fmt in args.formats)
+        lines += ["", f"Target (2 workers, ratio ≥ {TARGET}): {', '.join(verdicts)}: "
+                  f"**{'PASS' if passed else 'FAIL'}**."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=200)
+    parser.add_argument("--width", type=int, default=96)
+    parser.add_argument("--height", type=int, default=80)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--formats", nargs="+", default=["png", "jpg"])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny data, 1 repeat")
+    parser.add_argument("--summary", type=Path, default=HERE / "results.json")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.classes, args.per_class, args.repeats, args.workers = 2, 24, 1, [0, 2]
+    torch.set_num_threads(1)  # the loaders' work is per image; keep the comparison to them
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt in args.formats:
+            root = Path(tmp) / fmt
+            write_images(root, fmt, args.classes, args.per_class, (args.width, args.height))
+            results[fmt] = {}
+            for workers in args.workers:
+                r = measure(root, args, workers)
+                results[fmt][str(workers)] = r
+                print(f"{fmt} workers={workers}: lmvision {r['lmvision']:.0f} images/s, plain "
+                      f"{r['plain']:.0f} images/s, ratio {r['ratio']:.3f}", flush=True)
+                results["items"] = r["items"]
+    write_json(args.summary, results)
+    text = readme_text(results, args)
+    print(text)
+    if args.write_readme:
+        studies.write_results(HERE / "README.md", text)
+
+
+if __name__ == "__main__":
+    main()
