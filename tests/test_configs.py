@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import CONF, ROOT, run_cli
+from data_files import overrides_for
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -26,9 +27,18 @@ def test_every_group_has_options():
     assert {"default", "early_stopping"} <= set(options("callbacks"))
 
 
+def files_for(group: str, option: str, where) -> list[str]:
+    """Data options and experiments that read a user's files get tiny real ones."""
+    if group == "data":
+        return overrides_for(option, where)
+    if group == "experiment" and option == "pixel_lm_cifar10":
+        return overrides_for("cifar10", where)
+    return []
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_option_composes_and_resolves(make_cfg, group, option):
-    cfg = make_cfg(f"{group}={option}")
+def test_option_composes_and_resolves(make_cfg, tmp_path, group, option):
+    cfg = make_cfg(f"{group}={option}", *files_for(group, option, tmp_path))
     from lmvision.build import config_container
 
     resolved = config_container(cfg, resolve=True)
@@ -37,8 +47,8 @@ def test_option_composes_and_resolves(make_cfg, group, option):
 
 
 @pytest.mark.parametrize("option", options("data"))
-def test_data_instantiates(make_cfg, option):
-    cfg = make_cfg(f"data={option}")
+def test_data_instantiates(make_cfg, tmp_path, option):
+    cfg = make_cfg(f"data={option}", *overrides_for(option, tmp_path))
     dm = instantiate(cfg.data.datamodule)
     assert dm.num_classes == cfg.data.num_classes == len(dm.classes)
     assert (dm.image_size, dm.channels) == (cfg.data.image_size, cfg.data.channels)

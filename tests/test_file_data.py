@@ -15,26 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
+from data_files import COLORS, write_cifar, write_images
 
 from lmvision.errors import UserError
 from lmvision.train import train
 
-COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 FAST = ["logger=csv", "debug=fdr", "data.image_size=16", "data.num_workers=0"]
-
-
-def write_images(folder: Path, n: int = 12, color=(200, 0, 0), size=(24, 20)) -> list[Path]:
-    from PIL import Image
-
-    rng = np.random.default_rng(len(str(folder)))
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        pixels = np.clip(np.array(color)[None, None] + rng.normal(0, 20, (*size[::-1], 3)), 0, 255)
-        path = folder / f"{i}.{('png', 'jpg', 'webp')[i % 3]}"
-        Image.fromarray(pixels.astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
 
 
 @pytest.fixture
@@ -265,3 +251,24 @@ def test_a_bad_file_from_the_command_line_is_one_line_and_exit_2(tmp_path, folde
     errors = [line for line in result.stderr.splitlines() if line.startswith("lmvision: error:")]
     assert len(errors) == 1 and "0.png: not an image PIL can read" in errors[0]
     assert record(tmp_path)["status"] == "failed"
+
+
+
+@pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
+def test_cifar_from_torchvisions_files(make_cfg, tmp_path, variant):
+    from lmvision.data.cifar import CifarDataset
+
+    root = write_cifar(tmp_path / "cifar", variant)
+    data = CifarDataset(str(root), variant)
+    assert len(data.classes) == (10 if variant == "cifar10" else 100)
+    assert data[0]["image"].shape == (3, 32, 32) and data[0]["caption"].startswith("a photo of")
+    assert len(data.split_indices["test"]) == (8 if variant == "cifar10" else 80)
+    metrics = train(make_cfg(f"data={variant}", f"data.root={root}", "logger=csv", "debug=fdr"))
+    assert "test/acc" in metrics
+
+
+def test_cifar_feeds_the_captioner(make_cfg, tmp_path):
+    root = write_cifar(tmp_path / "cifar")
+    metrics = train(make_cfg("experiment=captioner_shapes", "data=cifar10", f"data.root={root}",
+                             "data.image_size=16", "logger=csv", "debug=fdr"))
+    assert "test/bleu4" in metrics

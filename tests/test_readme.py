@@ -79,7 +79,7 @@ def user_data(root):
     """Class folders of images and a captions.jsonl beside them, as the README shows."""
     import json
 
-    from test_file_data import COLORS, write_images
+    from data_files import COLORS, write_images
 
     rows = []
     for name, color in COLORS.items():

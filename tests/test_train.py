@@ -32,9 +32,20 @@ def csv_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+# experiments on a user's data: tiny files in the real format, and a small network on a CPU
+NEEDS_FILES = {"pixel_lm_cifar10": ["strategy.net.num_colors=64", "strategy.net.dim=64",
+                                    "strategy.net.depth=2", "strategy.net.heads=2",
+                                    "strategy.samples=0"]}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_with_fast_dev_run(make_cfg, tmp_path, experiment):
-    metrics = train(make_cfg(f"experiment={experiment}", "debug=fdr"))
+    extra = []
+    if experiment in NEEDS_FILES:
+        from data_files import overrides_for
+
+        extra = [*overrides_for("cifar10", tmp_path), *NEEDS_FILES[experiment]]
+    metrics = train(make_cfg(f"experiment={experiment}", "debug=fdr", *extra))
     expected = set(CLASSIFIER_TEST_METRICS)
     if experiment.startswith("pixel_lm"):  # pretraining: bits per dim and the probes
         expected = {"test/loss", "test/bits_per_dim", "probe/acc_best", "probe/acc_pixels",

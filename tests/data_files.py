@@ -1,0 +1,79 @@
+"""Data files in real formats, written by the tests: images in class folders (PNG, JPEG,
+WebP), torchvision's CIFAR batches; and the overrides that point a config at them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def write_images(folder: Path, n: int = 12, color=(200, 0, 0), size=(24, 20)) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(len(str(folder)))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        pixels = np.clip(np.array(color)[None, None] + rng.normal(0, 20, (*size[::-1], 3)), 0, 255)
+        path = folder / f"{i}.{('png', 'jpg', 'webp')[i % 3]}"
+        Image.fromarray(pixels.astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_cifar(root: Path, variant: str = "cifar10", per_batch: int = 8) -> Path:
+    """torchvision's CIFAR layout, tiny: pickled batches of uint8 rows and a meta file."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    if variant == "cifar10":
+        folder, train, test, meta = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
+            ["test_batch"], "batches.meta"
+        names, label_key, names_key = [f"class{i}" for i in range(10)], b"labels", b"label_names"
+    else:
+        folder, train, test, meta = "cifar-100-python", ["train"], ["test"], "meta"
+        names, label_key, names_key = [f"c{i}" for i in range(100)], b"fine_labels", \
+            b"fine_label_names"
+    base = root / folder
+    base.mkdir(parents=True, exist_ok=True)
+    for name in train + test:
+        n = per_batch * (10 if variant == "cifar100" else 1)
+        labels = [int(i % len(names)) for i in range(n)]
+        data = rng.integers(0, 255, (n, 3072), dtype=np.uint8)
+        with open(base / name, "wb") as f:
+            pickle.dump({b"data": data, label_key: labels}, f)
+    with open(base / meta, "wb") as f:
+        pickle.dump({names_key: [n.encode() for n in names]}, f)
+    return root
+
+
+def image_folder(root: Path, n: int = 12) -> Path:
+    for name, color in COLORS.items():
+        write_images(root / name, n=n, color=color)
+    return root
+
+
+def jsonl_file(root: Path) -> Path:
+    """Class folders of images and data.jsonl listing them, with captions and side text."""
+    image_folder(root / "images")
+    rows = [{"image": str(p.relative_to(root)), "label": p.parent.name,
+             "caption": f"a {p.parent.name} patch", "text": "a patch of colour"}
+            for p in sorted((root / "images").rglob("*.*"))]
+    path = root / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def overrides_for(data: str, where: Path) -> list[str]:
+    """What a data option that reads files needs here (nothing for the embedded ones)."""
+    if data == "image_folder":
+        return [f"data.root={image_folder(where / 'folder')}"]
+    if data == "jsonl":
+        return [f"data.path={jsonl_file(where / 'jsonl')}"]
+    if data in ("cifar10", "cifar100"):
+        return [f"data.root={write_cifar(where / data, data)}"]
+    return []
