@@ -74,6 +74,30 @@ def overrides_for(data: str, where: Path) -> list[str]:
         return [f"data.root={image_folder(where / 'folder')}"]
     if data == "jsonl":
         return [f"data.path={jsonl_file(where / 'jsonl')}"]
+    if data == "coco_captions":
+        return [f"data.{k}={v}" for k, v in coco_files(where / "coco").items()]
     if data in ("cifar10", "cifar100"):
         return [f"data.root={write_cifar(where / data, data)}"]
     return []
+
+
+def coco_files(root: Path, labels: str | None = "csv") -> dict[str, Path]:
+    """A COCO-format caption file (two captions per image) over an image folder, and labels."""
+    image_folder(root / "images", n=6)
+    files = sorted((root / "images").rglob("*.*"))
+    images = [{"id": 100 + i, "file_name": str(p.relative_to(root / "images"))}
+              for i, p in enumerate(files)]
+    notes = [{"id": 1000 + 2 * i + k, "image_id": 100 + i, "caption": text}
+             for i, p in enumerate(files)
+             for k, text in enumerate((f"a {p.parent.name} patch", f"{p.parent.name} noise"))]
+    out = {"captions_file": root / "captions.json", "image_root": root / "images"}
+    out["captions_file"].write_text(json.dumps({"images": images, "annotations": notes}))
+    if labels == "csv":
+        out["labels_file"] = root / "labels.csv"
+        out["labels_file"].write_text("image,label\n" + "".join(
+            f"{100 + i},{p.parent.name}\n" for i, p in enumerate(files)))
+    elif labels == "json":
+        out["labels_file"] = root / "labels.json"
+        out["labels_file"].write_text(json.dumps(
+            {str(p.relative_to(root / "images")): p.parent.name for p in files}))
+    return out

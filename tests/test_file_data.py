@@ -156,6 +156,44 @@ def unknown_test_class(tmp_path, folder):
     return root
 
 
+def coco_case(change, labels: str | None = None):
+    """A COCO caption file (and labels) written here, then spoilt by ``change(files, data)``."""
+    def build(tmp_path, folder):
+        from data_files import coco_files
+
+        files = coco_files(tmp_path / "coco", labels)
+        data = json.loads(files["captions_file"].read_text())
+        change(files, data)
+        if data is not None:
+            files["captions_file"].write_text(json.dumps(data))
+        return ["data=coco_captions", *(f"data.{k}={v}" for k, v in files.items())]
+    return build
+
+
+def dangling(files, data):
+    data["annotations"][3]["image_id"] = 999
+
+
+def empty_caption(files, data):
+    data["annotations"][0]["caption"] = ""
+
+
+def uncaptioned(files, data):
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != 101]
+
+
+def repeated_image(files, data):
+    data["images"][1]["id"] = data["images"][0]["id"]
+
+
+def stray_label(files, data):
+    files["labels_file"].write_text(files["labels_file"].read_text() + "555,red\n")
+
+
+def not_coco(files, data):
+    data.pop("annotations")
+
+
 # (case, how to build its arguments, the message): docs/bad_input.md lists the same
 CATALOGUE = [
     ("folder missing", lambda t, f: ["data=image_folder", "data.root=/no/such/folder"],
@@ -209,6 +247,14 @@ CATALOGUE = [
      jsonl_case('{"image": "imgs/0.png", "label": "a", "split": "train"}',
                 '{"image": "imgs/1.jpg", "label": "b", "split": "train"}'),
      "no row has split 'test'"),
+    ("COCO caption for an image id not in images", coco_case(dangling),
+     "annotations[3] (id 1003) refers to image id 999, which is not in 'images'"),
+    ("COCO empty caption", coco_case(empty_caption), "annotations[0] (id 1000) has an empty caption"),
+    ("COCO image without a caption", coco_case(uncaptioned), "image id 101 has no caption"),
+    ("COCO image id repeated", coco_case(repeated_image), "images[1] repeats image id 100"),
+    ("COCO file without annotations", coco_case(not_coco), "not a COCO caption file"),
+    ("labels for an image not in the captions", coco_case(stray_label, labels="csv"),
+     "labels image '555', which is not in the caption file"),
     ("captioner on data without captions",
      lambda t, f: ["experiment=captioner_shapes", "data=image_folder", f"data.root={f}"],
      "this data has no caption per item"),
@@ -272,3 +318,30 @@ def test_cifar_feeds_the_captioner(make_cfg, tmp_path):
     metrics = train(make_cfg("experiment=captioner_shapes", "data=cifar10", f"data.root={root}",
                              "data.image_size=16", "logger=csv", "debug=fdr"))
     assert "test/bleu4" in metrics
+
+
+@pytest.mark.parametrize("labels", ["csv", "json"])
+def test_coco_captions_with_labels_train_a_classifier_and_a_captioner(make_cfg, tmp_path, labels):
+    from data_files import coco_files
+
+    from lmvision.data.coco_captions import CocoCaptionsDataset
+
+    files = coco_files(tmp_path / "coco", labels)
+    data = CocoCaptionsDataset(**{k: str(v) for k, v in files.items()}, image_size=16)
+    assert data.classes == ["blue", "green", "red"] and len(data) == 18
+    item = data[0]
+    assert item["caption"] == "a blue patch" and item["references"] == ["a blue patch", "blue noise"]
+    args = ["data=coco_captions", *(f"data.{k}={v}" for k, v in files.items()), *FAST]
+    assert "test/acc" in train(make_cfg(*args))
+    metrics = train(make_cfg("experiment=captioner_shapes", *args, output_dir=tmp_path / "cap"))
+    assert "test/cider" in metrics
+
+
+def test_coco_captions_without_labels_feed_a_captioner(make_cfg, tmp_path):
+    from data_files import coco_files
+
+    files = coco_files(tmp_path / "coco", labels=None)
+    metrics = train(make_cfg("experiment=captioner_shapes", "data=coco_captions",
+                             *(f"data.{k}={v}" for k, v in files.items()), *FAST,
+                             "strategy.classifier_weight=0"))
+    assert "test/cider" in metrics

@@ -128,4 +128,96 @@ def num_classes(kind: str, where: str, classes: Any = None) -> int:
         return len(folder_classes(where))
     if kind == "jsonl":
         return len(jsonl_classes(where, list(classes) if classes else None))
-    raise UserError(f"lmv.num_classes_in knows image_folder and jsonl, not {kind!r}")
+    if kind == "coco_captions":  # `where` is the labels file (or null)
+        return len(coco_classes(where if where not in (None, "None", "null") else None))
+    raise UserError(f"lmv.num_classes_in knows image_folder, jsonl and coco_captions, not {kind!r}")
+
+
+def coco_captions(path: str | Path) -> tuple[list[dict], dict[int, list[str]]]:
+    """The images of a COCO-format caption file and each one's captions (in file order)."""
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.captions_file={path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
+        raise UserError(f"{path}: not a COCO caption file (expected 'images' and 'annotations' "
+                        "lists)")
+    images, seen = [], set()
+    for n, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            raise UserError(f"{path}: images[{n}] needs an 'id' and a 'file_name'")
+        if image["id"] in seen:
+            raise UserError(f"{path}: images[{n}] repeats image id {image['id']!r}")
+        seen.add(image["id"])
+        images.append(image)
+    captions: dict[int, list[str]] = {image["id"]: [] for image in images}
+    for n, note in enumerate(data["annotations"]):
+        if not isinstance(note, dict) or "image_id" not in note or "caption" not in note:
+            raise UserError(f"{path}: annotations[{n}] needs an 'image_id' and a 'caption'")
+        if note["image_id"] not in captions:
+            raise UserError(f"{path}: annotations[{n}] (id {note.get('id')!r}) refers to image id "
+                            f"{note['image_id']!r}, which is not in 'images'")
+        if not isinstance(note["caption"], str) or not note["caption"].strip():
+            raise UserError(f"{path}: annotations[{n}] (id {note.get('id')!r}) has an empty caption")
+        captions[note["image_id"]].append(note["caption"].strip())
+    bare = [i["id"] for i in images if not captions[i["id"]]]
+    if bare:
+        raise UserError(f"{path}: image id {bare[0]!r} has no caption ({len(bare)} images have "
+                        "none); remove them from 'images' or add captions")
+    return images, captions
+
+
+def coco_labels(path: str | Path | None, images: list[dict] | None = None) -> dict[str, str]:
+    """Labels by image id (as a string) from a JSON object ``{image id or file name: label}``
+    or a CSV with columns ``image`` (id or file name) and ``label``; {} without a file."""
+    if not path:
+        return {}
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.labels_file={path}: no such file")
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"image", "label"} <= set(reader.fieldnames):
+                raise UserError(f"{path}: a labels CSV needs the columns image and label")
+            raw = {}
+            for n, row in enumerate(reader, start=2):
+                if not (row["label"] or "").strip():
+                    raise UserError(f"{path}:{n}: an empty label")
+                raw[str(row["image"])] = row["label"].strip()
+    else:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: expected a JSON object {{image id or file name: label}}")
+        raw = {str(k): str(v) for k, v in raw.items()}
+    if images is None:
+        return raw
+    by_id = {}
+    names = {str(i["file_name"]): str(i["id"]) for i in images}
+    ids = {str(i["id"]) for i in images}
+    for key, label in raw.items():
+        if key in ids:
+            by_id[key] = label
+        elif key in names:
+            by_id[names[key]] = label
+        else:
+            raise UserError(f"{path}: labels image {key!r}, which is not in the caption file")
+    missing = [str(i["id"]) for i in images if str(i["id"]) not in by_id]
+    if missing:
+        raise UserError(f"{path}: no label for image id {missing[0]} ({len(missing)} images have "
+                        "none)")
+    return by_id
+
+
+def coco_classes(labels_file: str | Path | None) -> list[str]:
+    labels = coco_labels(labels_file)
+    return sorted(set(labels.values())) if labels else ["image"]
