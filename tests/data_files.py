@@ -74,6 +74,9 @@ def overrides_for(data: str, where: Path) -> list[str]:
         return [f"data.root={image_folder(where / 'folder')}"]
     if data == "jsonl":
         return [f"data.path={jsonl_file(where / 'jsonl')}"]
+    if data == "hf":
+        return [f"data.dataset={hf_saved(where / 'hf')}", "data.columns.image=img",
+                "data.columns.caption=caption"]
     if data == "coco_captions":
         return [f"data.{k}={v}" for k, v in coco_files(where / "coco").items()]
     if data in ("cifar10", "cifar100"):
@@ -101,3 +104,22 @@ def coco_files(root: Path, labels: str | None = "csv") -> dict[str, Path]:
         out["labels_file"].write_text(json.dumps(
             {str(p.relative_to(root / "images")): p.parent.name for p in files}))
     return out
+
+
+def hf_saved(root: Path, splits: bool = True) -> Path:
+    """A `datasets` dataset with an Image column, a ClassLabel and captions, saved to disk."""
+    import datasets
+
+    files = sorted(image_folder(root / "images", n=6).rglob("*.*"))
+    names = sorted(COLORS)
+    rows = {"img": [str(p) for p in files], "label": [names.index(p.parent.name) for p in files],
+            "caption": [f"a {p.parent.name} patch" for p in files]}
+    features = datasets.Features({"img": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=names),
+                                  "caption": datasets.Value("string")})
+    data = datasets.Dataset.from_dict(rows, features=features)
+    if splits:
+        data = data.train_test_split(test_size=0.25, seed=0)
+    path = root / "saved"
+    data.save_to_disk(str(path))
+    return path

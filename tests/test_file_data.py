@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT, run_cli
-from data_files import COLORS, write_cifar, write_images
+from data_files import COLORS, hf_saved, write_cifar, write_images
 
 from lmvision.errors import UserError
 from lmvision.train import train
@@ -255,6 +255,11 @@ CATALOGUE = [
     ("COCO file without annotations", coco_case(not_coco), "not a COCO caption file"),
     ("labels for an image not in the captions", coco_case(stray_label, labels="csv"),
      "labels image '555', which is not in the caption file"),
+    ("a dataset column that does not exist",
+     lambda t, f: ["data=hf", f"data.dataset={hf_saved(t / 'hf')}", "data.columns.image=picture"],
+     "data.columns.image='picture': no such column"),
+    ("a folder that is not a saved dataset",
+     lambda t, f: ["data=hf", f"data.dataset={f}"], "not a saved dataset"),
     ("captioner on data without captions",
      lambda t, f: ["experiment=captioner_shapes", "data=image_folder", f"data.root={f}"],
      "this data has no caption per item"),
@@ -344,4 +349,23 @@ def test_coco_captions_without_labels_feed_a_captioner(make_cfg, tmp_path):
     metrics = train(make_cfg("experiment=captioner_shapes", "data=coco_captions",
                              *(f"data.{k}={v}" for k, v in files.items()), *FAST,
                              "strategy.classifier_weight=0"))
+    assert "test/cider" in metrics
+
+
+@pytest.mark.parametrize("splits", [True, False])
+def test_a_saved_hugging_face_dataset(make_cfg, tmp_path, splits):
+    from data_files import hf_saved
+
+    from lmvision.data.hf import HFDataset
+
+    path = hf_saved(tmp_path / "hf", splits)
+    data = HFDataset(str(path), {"image": "img", "label": "label", "caption": "caption"},
+                     image_size=16)
+    assert data.classes == ["blue", "green", "red"] and len(data) == 18
+    assert data[0]["image"].shape == (3, 16, 16) and data[0]["caption"].endswith("patch")
+    assert (data.split_indices is not None) == splits
+    args = ["data=hf", f"data.dataset={path}", "data.columns.image=img",
+            "data.columns.caption=caption", *FAST]
+    assert "test/acc" in train(make_cfg(*args))
+    metrics = train(make_cfg("experiment=captioner_shapes", *args, output_dir=tmp_path / "cap"))
     assert "test/cider" in metrics

@@ -128,6 +128,10 @@ def num_classes(kind: str, where: str, classes: Any = None) -> int:
         return len(folder_classes(where))
     if kind == "jsonl":
         return len(jsonl_classes(where, list(classes) if classes else None))
+    if kind == "hf":  # `classes` is the label column (loads the dataset: datasets memory-maps it)
+        from lmvision.data.hf import num_classes as hf_num_classes
+
+        return hf_num_classes(where, str(classes or "label"))
     if kind == "coco_captions":  # `where` is the labels file (or null)
         return len(coco_classes(where if where not in (None, "None", "null") else None))
     raise UserError(f"lmv.num_classes_in knows image_folder, jsonl and coco_captions, not {kind!r}")

@@ -29,18 +29,25 @@ def read_image(path: Path, image_size: int, channels: int) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert("L" if channels == 1 else "RGB")
+        return fit_square(image, image_size, channels)
+
+
+def fit_square(image, image_size: int, channels: int) -> torch.Tensor:
+    """A PIL image converted to ``channels``, its short side resized to ``image_size``
+    (bilinear) and centre-cropped: uint8 ``(C, S, S)``."""
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    width, height = image.size
+    scale = image_size / min(width, height)
+    if scale != 1.0:
+        size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+        image = image.resize(size, Image.BILINEAR)
         width, height = image.size
-        scale = image_size / min(width, height)
-        if scale != 1.0:
-            size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-            image = image.resize(size, Image.BILINEAR)
-            width, height = image.size
-        left, top = (width - image_size) // 2, (height - image_size) // 2
-        if (width, height) != (image_size, image_size):
-            image = image.crop((left, top, left + image_size, top + image_size))
-        array = np.asarray(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy())
+    left, top = (width - image_size) // 2, (height - image_size) // 2
+    if (width, height) != (image_size, image_size):
+        image = image.crop((left, top, left + image_size, top + image_size))
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return tensor[None] if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
