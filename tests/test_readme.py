@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 ENTRY_POINTS = {".venv/bin/lmvision-train": "lmvision.train", ".venv/bin/lmvision-eval": "lmvision.evaluate",
                 ".venv/bin/lmvision-explain": "lmvision.explain",
-                ".venv/bin/lmvision-compare": "lmvision.compare"}
+                ".venv/bin/lmvision-compare": "lmvision.compare",
+                ".venv/bin/lmvision-prefetch": "lmvision.prefetch"}
 NEEDS_GPU_OR_NETWORK = ("trainer=gpu", "bert-base-uncased", "weights=DEFAULT", "gpt2",
                         "trainer.num_nodes=2")  # the last: a GPU cluster
 
@@ -105,6 +106,8 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
     args = ["-m", ENTRY_POINTS[words[0]], *words[1:]]
     if any(flag in words for flag in ("--help", "--cfg")) or words[0].endswith("lmvision-compare"):
         pass
+    elif words[0].endswith("lmvision-prefetch"):  # no network here: what it would fetch
+        args += [] if "--list" in words else ["--list"]
     elif words[0].endswith("lmvision-explain"):  # a few images; a folder of them where named
         from PIL import Image
 
@@ -131,6 +134,8 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
     assert result.returncode == 0, f"{sys.executable} {' '.join(args)}\n{result.stderr[-3000:]}"
     if words[0].endswith("lmvision-compare"):
         assert "| backbone=resnet18 data.num_images=300 debug=limit | 2 |" in result.stdout
+    elif words[0].endswith("lmvision-prefetch"):
+        assert "(model, to fetch)" in result.stdout
     elif "--cfg" not in args and "--help" not in args:
         assert "Run directory:" in result.stdout or "jobs completed" in result.stdout
 

@@ -1,0 +1,69 @@
+"""lmvision-prefetch: what a run would download is found from its overrides, fetched (here:
+local or failing without network), written to a manifest; offline runs name the command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+from data_files import hf_saved
+
+from lmvision.errors import UserError
+
+
+def prefetch(args: list[str], cwd, env=None):
+    return run_cli(["-m", "lmvision.prefetch", *args], cwd=cwd, timeout=300, env=env)
+
+
+def test_it_lists_what_a_run_would_download(tmp_path):
+    saved = hf_saved(tmp_path / "hf")
+    result = prefetch(["experiment=aux_text_shapes", "descriptions=language_model", "text_encoder=hf",
+                       "backbone=torchvision", "backbone.weights=DEFAULT", "--list"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "text_encoder.name_or_path=bert-base-uncased (model, to fetch)" in lines
+    assert "descriptions.name_or_path=gpt2 (model, to fetch)" in lines
+    assert "backbone.weights=mobilenet_v3_small:DEFAULT (torchvision_weights, to fetch)" in lines
+    local = prefetch(["data=hf", f"data.dataset={saved}", "data.columns.image=img", "--list"],
+                     tmp_path)
+    assert f"data.dataset={saved} (dataset, local)" in local.stdout.splitlines()
+    nothing = prefetch(["--list"], tmp_path)  # the default run: shipped data and encoder
+    assert "downloads nothing" in nothing.stdout
+
+
+def test_without_network_the_manifest_says_what_failed(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    result = prefetch(["experiment=fusion_shapes", "text_encoder=hf", "--manifest", str(manifest)],
+                      tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1
+    (item,) = json.loads(manifest.read_text())["items"]
+    assert (item["option"], item["name"], item["status"]) == (
+        "text_encoder.name_or_path", "bert-base-uncased", "failed")
+    assert "could not be fetched" in result.stderr
+
+
+def test_local_models_need_nothing_fetched(tmp_path, tiny_causal_lm):
+    manifest = tmp_path / "manifest.json"
+    result = prefetch(["experiment=captioner_shapes", f"strategy.net.decoder_name={tiny_causal_lm}",
+                       f"strategy.caption_tokenizer.name_or_path={tiny_causal_lm}",
+                       "--manifest", str(manifest)], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads(manifest.read_text())["items"]
+    assert [i["status"] for i in items] == ["local", "local"]
+
+
+def test_a_mistake_in_the_overrides_is_one_line(tmp_path):
+    result = prefetch(["text_encoder=nope", "--list"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("lmvision: error: text_encoder=nope: no such option")
+
+
+def test_an_offline_run_missing_a_model_names_the_prefetch_command(make_cfg, monkeypatch):
+    from lmvision.train import train
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="lmvision-prefetch"):
+        train(make_cfg("experiment=fusion_shapes", "text_encoder=hf",
+                       "text_encoder.name_or_path=some-org/not-in-the-cache", "debug=fdr",
+                       "logger=csv"))
