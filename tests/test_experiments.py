@@ -35,5 +35,5 @@ def test_data_speed_study_quick_run(tmp_path):
                       "--summary", str(summary)], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads(summary.read_text())
-    assert set(data["png"]) == {"0", "2"} and data["png"]["2"]["lmvision"] > 0
+    assert set(data["png"]) == {"0", "2", "cached"} and data["png"]["2"]["lmvision"] > 0
     assert "| PNG | 2 |" in result.stdout

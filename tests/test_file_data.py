@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import ROOT, run_cli
 from data_files import COLORS, hf_saved, write_cifar, write_images
 
@@ -86,6 +87,16 @@ def test_fusion_reads_the_jsonl_side_text(make_cfg, tmp_path, jsonl):
     metrics = train(make_cfg("experiment=fusion_shapes", "text_encoder=scratch", "data=jsonl",
                              f"data.path={jsonl}", *FAST))
     assert "test/acc_no_text" in metrics
+
+
+def test_cached_images_are_those_read_from_the_files(tmp_path, folder):
+    from lmvision.data.image_folder import ImageFolderDataset
+
+    read = ImageFolderDataset(str(folder), image_size=16)
+    cached = ImageFolderDataset(str(folder), image_size=16, cache_images=True)
+    assert cached.cached.shape == (36, 3, 16, 16)
+    for i in (0, 17, 35):
+        assert torch.equal(read[i]["image"], cached[i]["image"])
 
 
 def test_skip_leaves_unreadable_images_out_and_lists_them(make_cfg, tmp_path, folder):

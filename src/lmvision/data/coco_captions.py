@@ -27,11 +27,12 @@ class CocoCaptionsDataset(ImageFilesDataset):
         channels: 1 (grey) or 3 (RGB).
         on_bad_item: ``error`` or ``skip`` unreadable images.
         verify: Decode every image once when the dataset is built.
+        cache_images: Keep the decoded, resized images in memory (small images).
     """
 
     def __init__(self, captions_file: str, image_root: str, image_size: int,
                  labels_file: str | None = None, channels: int = 3, on_bad_item: str = "error",
-                 verify: bool = True) -> None:
+                 verify: bool = True, cache_images: bool = False) -> None:
         images, captions = catalog.coco_captions(captions_file)
         labels = catalog.coco_labels(labels_file, images)
         classes = sorted(set(labels.values())) if labels else ["image"]
@@ -41,7 +42,8 @@ class CocoCaptionsDataset(ImageFilesDataset):
             [root / str(i["file_name"]) for i in images],
             [index[labels[str(i["id"])]] if labels else 0 for i in images], classes, image_size,
             channels, captions=[captions[i["id"]][0] for i in images],
-            on_bad_item=on_bad_item, verify=verify, source=f"data.captions_file={captions_file}",
+            on_bad_item=on_bad_item, verify=verify, cache_images=cache_images,
+            source=f"data.captions_file={captions_file}",
             where=[f"{captions_file} (image id {i['id']})" for i in images])
         kept = {str(p) for p in self.paths}
         self.references = [captions[i["id"]] for i in images if str(root / str(i["file_name"])) in kept]

@@ -4,6 +4,9 @@ Images are decoded in the loader's workers (``data.num_workers``), converted to 
 channels (``L`` or ``RGB``), resized so the short side is ``image_size`` and centre-cropped to
 a square, and served as uint8 tensors ``(C, H, W)`` like the embedded datasets.
 
+With ``cache_images=true`` the decoded, resized images are kept in memory: each file is decoded
+once per run rather than once per epoch (for datasets of small images that fit in memory).
+
 Every file is decoded once when the dataset is built (``verify=true``), so that an unreadable
 or truncated image stops the run before training, naming the file. With
 ``on_bad_item=skip`` such files are left out instead, counted, and listed in ``skipped``
@@ -80,6 +83,8 @@ class ImageFilesDataset(Dataset):
         splits: Optional split name per item (``train``/``val``/``test``): the data's own split.
         on_bad_item: ``error`` (stop, naming the file) or ``skip`` unreadable files.
         verify: Decode every file now (else a bad file fails when it is loaded).
+        cache_images: Keep every image decoded and resized in memory (for small images: each
+            file is decoded once per run instead of once per epoch).
         source: What the items came from (folder or file), for messages.
         where: Per item, where it was declared (``file:line``), for messages.
     """
@@ -89,7 +94,8 @@ class ImageFilesDataset(Dataset):
     def __init__(self, paths: list[Path], labels: list[int], classes: list[str], image_size: int,
                  channels: int, captions: list[str] | None = None, texts: list[str] | None = None,
                  splits: list[str] | None = None, on_bad_item: str = "error", verify: bool = True,
-                 source: str = "", where: list[str] | None = None) -> None:
+                 source: str = "", where: list[str] | None = None,
+                 cache_images: bool = False) -> None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise UserError(f"data.image_size={image_size!r}: expected a whole number of pixels, "
                             "at least 1")
@@ -122,13 +128,17 @@ class ImageFilesDataset(Dataset):
         self.texts = [texts[i] for i in keep] if texts is not None else None
         self.split_of = [splits[i] for i in keep] if splits is not None else None
         self.source = source
+        self.cached = None
+        if cache_images:
+            self.cached = torch.stack([read_image(p, image_size, channels) for p in self.paths])
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        item = {"image": read_image(self.paths[index], self.image_size, self.channels),
-                "label": self.labels[index]}
+        image = self.cached[index] if self.cached is not None else \
+            read_image(self.paths[index], self.image_size, self.channels)
+        item = {"image": image, "label": self.labels[index]}
         if self.captions is not None:
             item["caption"] = self.captions[index]
         if self.texts is not None:

@@ -22,10 +22,11 @@ class ImageFolderDataset(ImageFilesDataset):
         channels: 1 (grey) or 3 (RGB).
         on_bad_item: ``error`` or ``skip`` unreadable images.
         verify: Decode every image once when the dataset is built.
+        cache_images: Keep the decoded, resized images in memory (small images).
     """
 
     def __init__(self, root: str, image_size: int, channels: int = 3, on_bad_item: str = "error",
-                 verify: bool = True) -> None:
+                 verify: bool = True, cache_images: bool = False) -> None:
         classes = catalog.folder_classes(root)
         files = catalog.folder_files(root, classes)
         paths, labels, splits = [], [], []
@@ -36,7 +37,7 @@ class ImageFolderDataset(ImageFilesDataset):
         own_split = "all" not in files
         super().__init__(paths, labels, classes, image_size, channels,
                          splits=splits if own_split else None, on_bad_item=on_bad_item,
-                         verify=verify, source=f"data.root={root}")
+                         verify=verify, cache_images=cache_images, source=f"data.root={root}")
         self.root = str(root)
 
     @property

@@ -29,11 +29,13 @@ class JsonlDataset(ImageFilesDataset):
         classes: The class names, in order (default: the labels found, sorted).
         on_bad_item: ``error`` or ``skip`` unreadable images.
         verify: Decode every image once when the dataset is built.
+        cache_images: Keep the decoded, resized images in memory (small images).
     """
 
     def __init__(self, path: str, image_size: int, channels: int = 3,
                  image_root: str | None = None, classes: Sequence[str] | None = None,
-                 on_bad_item: str = "error", verify: bool = True) -> None:
+                 on_bad_item: str = "error", verify: bool = True,
+                 cache_images: bool = False) -> None:
         rows = catalog.jsonl_rows(path)
         names = catalog.jsonl_classes(path, list(classes) if classes else None)
         root = Path(str(image_root)).expanduser() if image_root else Path(str(path)).expanduser().parent
@@ -50,7 +52,8 @@ class JsonlDataset(ImageFilesDataset):
             captions=[r["caption"] for r in rows] if "caption" in rows[0] else None,
             texts=[r["text"] for r in rows] if "text" in rows[0] else None,
             splits=[r["split"] for r in rows] if "split" in rows[0] else None,
-            on_bad_item=on_bad_item, verify=verify, source=f"data.path={path}",
+            on_bad_item=on_bad_item, verify=verify, cache_images=cache_images,
+            source=f"data.path={path}",
             where=[f"{path}:{r['line']}" for r in rows])
 
     @property
