@@ -41,7 +41,8 @@ def checkpoints(tmp_path_factory):
 @pytest.mark.parametrize("arg,message", [
     ("trainer.max_epoch=3", "trainer.max_epoch: no such option; did you mean trainer.max_epochs?"),
     ("data.taget=x", "data.taget: no such option; did you mean data.target?"),
-    ("data=imagenet", "data=imagenet: no such option; choose one of digits, image_folder, jsonl, shapes"),
+    ("data=imagenet", "data=imagenet: no such option; choose one of cifar10, cifar100, "
+                      "coco_captions, digits, hf, image_folder, jsonl, shapes"),
     ("lr=-0.1", "lr: no such option; did you mean optimizer.lr?"),
     ("optim.lr=abc", "optim.lr: no such option; did you mean optimizer.lr?"),
     ("batch_size=1.5", "batch_size: no such option; did you mean data.batch_size?"),

@@ -32,7 +32,7 @@ def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
         assert (job / "checkpoints" / "last.ckpt").is_file()
         seen.add((record["seed"], record["choices"]["backbone"]))
     assert seen == {(s, b) for s in (0, 1, 2) for b in ("small_cnn", "resnet18")}
-    assert f"Sweep {sweep}: 6 of 6 jobs completed" in result.stdout
+    assert f"Sweep {sweep.relative_to(tmp_path)}: 6 of 6 jobs completed" in result.stdout
     check_compare_notebook(sweep)
     # lmvision-compare on the sweep: two groups of three seeds, one tested against the other
     compared = run_cli(["-m", "lmvision.compare", str(sweep), "--format", "json",

@@ -10,7 +10,6 @@ import pytest
 from conftest import CONF, run_cli
 from hydra_plugins.lmvision_search.search_sweeper import (
     OptunaSearchSweeper,
-    SearchError,
     check_options,
     fail_stale_trials,
     split_arguments,
@@ -18,6 +17,7 @@ from hydra_plugins.lmvision_search.search_sweeper import (
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from lmvision.errors import UserError
 from lmvision.train import train
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
@@ -47,14 +47,16 @@ def test_search_syntax_becomes_optuna_distributions():
 
 
 def test_bad_search_options_are_named():
-    with pytest.raises(SearchError, match="the search space is empty"):
+    # UserError, not SearchError: Hydra's plugin scan may execute the plugin module again,
+    # giving it a new SearchError class (a subclass of the same UserError)
+    with pytest.raises(UserError, match="the search space is empty"):
         split_arguments(["seed=1"], {})
     for option, value, message in (("direction", "up", "expected maximize or minimize"),
                                    ("n_trials", 0, "n_trials=0: expected a whole number"),
                                    ("max_failure_rate", 2.0, "a share between 0 and 1")):
         sweeper = OptunaSearchSweeper(study_name="s")
         setattr(sweeper, option, value)
-        with pytest.raises(SearchError, match=message):
+        with pytest.raises(UserError, match=message):
             check_options(sweeper)
 
 
