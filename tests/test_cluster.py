@@ -108,8 +108,8 @@ def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(
 
     import torch
 
-    args = ["data.num_images=600", "data.batch_size=16", "backbone=resnet18",
-            "trainer=ddp_cpu", "trainer.max_epochs=2"]
+    args = ["data.num_images=3000", "data.batch_size=16", "trainer=ddp_cpu",
+            "trainer.max_epochs=2"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     sweep = subprocess.Popen(
         [sys.executable, "-m", "lmvision.train", "-m", "seed=0", "hydra/launcher=slurm",
@@ -131,8 +131,15 @@ def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     while time.time() < deadline and read(record_path).get("status") != "requeued":
         time.sleep(0.5)
-    # SLURM holds a requeued job for a while (about 2 minutes) before it may start again
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+    # SLURM holds a requeued job for a while (about 2 minutes) before it may start again: once
+    # it is pending again, make it eligible at once
+    while time.time() < deadline and read(record_path).get("status") == "requeued":
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                               text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            break
+        time.sleep(0.5)
     out, err = sweep.communicate(timeout=900)
     assert sweep.returncode == 0, err[-3000:]
     run = record_path.parent
@@ -141,7 +148,7 @@ def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(
     record = read(run / "run.json")
     assert record["status"] == "completed" and record["restarts"] == 1, record
     (stop,) = record["preempted"]
-    assert 2 <= stop["step"] < 2 * 14  # mid-run (14 batches an epoch in each process)
+    assert 2 <= stop["step"] < 2 * 66  # mid-run (66 batches an epoch in each process)
     assert record["resumed"][0]["from"] == str(run / "checkpoints" / "last.ckpt")
     assert record["slurm"]["restart_count"] == 1  # SLURM's own count of the requeue
     offline_runs = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
@@ -155,6 +162,6 @@ def test_a_warned_job_is_requeued_and_ends_with_the_weights_of_an_unstopped_run(
     assert result.returncode == 0, result.stderr[-3000:]
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * 14)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]) == (1, 2 * 66)
     for key, value in a["state_dict"].items():
         assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key

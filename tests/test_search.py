@@ -71,12 +71,13 @@ def test_trials_left_running_by_a_kill_are_marked_failed(tmp_path):
 
 @pytest.mark.parametrize("search", SEARCHES)
 def test_every_search_space_names_real_options_and_runs(make_cfg, tmp_path, search):
-    """Each point of the space composes and trains (the lowest value of each range here)."""
+    """Each point of the space composes and trains (the lowest value of each range and the
+    first of each choice here)."""
     space = OmegaConf.load(CONF / "hparams_search" / f"{search}.yaml").hydra.sweeper.params
     _, distributions = split_arguments([], dict(space))
     point = []
     for key, dist in distributions.items():
-        value = dist.choices[-1] if isinstance(dist, CategoricalDistribution) else dist.low
+        value = dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
         point.append(f"{key}={value}")
     experiment = EXPERIMENT_OF[search]
     args = [f"experiment={experiment}"] if experiment else []
