@@ -8,15 +8,15 @@ import json
 import optuna
 import pytest
 from conftest import CONF, run_cli
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
 from hydra_plugins.lmvision_search.search_sweeper import (
     OptunaSearchSweeper,
     check_options,
     fail_stale_trials,
     split_arguments,
 )
-from omegaconf import OmegaConf
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
 from lmvision.errors import UserError
 from lmvision.train import train
 

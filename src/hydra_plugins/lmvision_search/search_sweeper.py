@@ -210,9 +210,8 @@ def fail_stale_trials(study) -> None:
 
 def tell(study, trial, ret, job_dir: Path) -> None:
     """Record a finished job: its value, or a failure with the error its run.json holds."""
-    from optuna.trial import TrialState
-
     from hydra.core.utils import JobStatus
+    from optuna.trial import TrialState
 
     value = ret._return_value if ret.status == JobStatus.COMPLETED else None
     trial.set_user_attr("job_dir", str(job_dir))

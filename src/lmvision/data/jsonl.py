@@ -10,8 +10,8 @@ none) are optional. Class names are ``classes`` when given, else the labels, sor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
