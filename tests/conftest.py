@@ -72,6 +72,19 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
                           timeout=timeout, env=full_env)
 
 
+def assert_same_final_weights(first: Path, second: Path) -> dict:
+    """Two checkpoints stop at the same epoch and step with the same weights (atol 1e-6);
+    returns the first, loaded."""
+    import torch
+
+    a = torch.load(first, weights_only=False)
+    b = torch.load(second, weights_only=False)
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    return a
+
+
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory):
     """A tiny GPT-2 and a word-level tokenizer, built and saved here, loaded back through the

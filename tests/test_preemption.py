@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_final_weights
 from pytorch_lightning import Callback
 
 from lmvision.train import train
@@ -82,11 +83,8 @@ def test_a_warned_job_saves_mid_epoch_and_its_requeued_job_ends_like_an_unstoppe
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     resumed = train(make_cfg(*args, output_dir=run))  # the same command, requeued
     assert submitit_handler.calls == [signal.SIGUSR2]
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    for key, value in a["state_dict"].items():
-        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    a = assert_same_final_weights(tmp_path / "a" / "checkpoints" / "last.ckpt",
+                                  run / "checkpoints" / "last.ckpt")
     assert resumed == straight
     record = read(run / "run.json")
     assert record["status"] == "completed" and record["restarts"] == 1

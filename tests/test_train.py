@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, run_cli
+from conftest import CONF, assert_same_final_weights, run_cli
 
 from lmvision.errors import UserError
 from lmvision.evaluate import evaluate
@@ -133,11 +133,7 @@ def test_resume_in_place_equals_an_uninterrupted_run(make_cfg, tmp_path, setup):
     last = run / "checkpoints" / "last.ckpt"
     resumed = train(make_cfg(*args, f"ckpt_path={last}", output_dir=run))
 
-    a = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(last, weights_only=False)
-    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"])
-    for key, value in a["state_dict"].items():
-        assert torch.allclose(value.float(), b["state_dict"][key].float(), atol=1e-6), key
+    assert_same_final_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", last)
     assert resumed == straight
     record = read(run / "run.json")
     assert record["status"] == "completed" and record["restarts"] == 1

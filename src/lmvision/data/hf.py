@@ -143,7 +143,7 @@ class HFDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict:
-        from lmvision.data.image_files import fit_square
+        from lmvision.data.image_files import fit_square, item_with_strings
 
         piece, i = self._where[index]
         image = piece[i][self.columns["image"]]
@@ -151,13 +151,7 @@ class HFDataset(Dataset):
             from PIL import Image
 
             image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-        item = {"image": fit_square(image, self.image_size, self.channels),
-                "label": self.labels[index]}
-        if self.captions is not None:
-            item["caption"] = self.captions[index]
-        if self.texts is not None:
-            item["text"] = self.texts[index]
-        return item
+        return item_with_strings(self, index, fit_square(image, self.image_size, self.channels))
 
     @property
     def fingerprint(self) -> str:

@@ -54,6 +54,16 @@ def fit_square(image, image_size: int, channels: int) -> torch.Tensor:
     return tensor[None] if channels == 1 else tensor.permute(2, 0, 1).contiguous()
 
 
+def item_with_strings(dataset, index: int, image: torch.Tensor) -> dict:
+    """Item ``index``: its image, its label, and its caption and text where the data has them."""
+    item = {"image": image, "label": dataset.labels[index]}
+    if dataset.captions is not None:
+        item["caption"] = dataset.captions[index]
+    if dataset.texts is not None:
+        item["text"] = dataset.texts[index]
+    return item
+
+
 def unreadable(path: Path) -> str | None:
     """Why ``path`` is not a readable image (``None`` when it is)."""
     from PIL import Image, UnidentifiedImageError
@@ -138,12 +148,7 @@ class ImageFilesDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         image = self.cached[index] if self.cached is not None else \
             read_image(self.paths[index], self.image_size, self.channels)
-        item = {"image": image, "label": self.labels[index]}
-        if self.captions is not None:
-            item["caption"] = self.captions[index]
-        if self.texts is not None:
-            item["text"] = self.texts[index]
-        return item
+        return item_with_strings(self, index, image)
 
     @property
     def split_indices(self) -> dict[str, torch.Tensor] | None:
