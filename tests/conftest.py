@@ -27,6 +27,14 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        # xdist's controller imports the class of each warning a worker reports, in one thread
+        # per worker: two workers' first Lightning warnings at the same moment deadlock that
+        # import (`_DeadlockError` on lightning_fabric.utilities). Import it here, once.
+        import pytorch_lightning  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """A cache directory shared by the session, never the user's ~/.cache."""

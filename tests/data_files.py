@@ -79,6 +79,8 @@ def overrides_for(data: str, where: Path) -> list[str]:
                 "data.columns.caption=caption"]
     if data == "coco_captions":
         return [f"data.{k}={v}" for k, v in coco_files(where / "coco").items()]
+    if data == "webdataset":
+        return [f"data.shards='{webdataset_shards(where / 'shards')}'"]
     if data in ("cifar10", "cifar100"):
         return [f"data.root={write_cifar(where / data, data)}"]
     return []
@@ -123,3 +125,34 @@ def hf_saved(root: Path, splits: bool = True) -> Path:
     path = root / "saved"
     data.save_to_disk(str(path))
     return path
+
+
+def webdataset_shards(root: Path, shards: int = 4, per_shard: int = 9, first: int = 0,
+                      captions: bool = True, prefix: str = "shard") -> str:
+    """Tar shards written by webdataset's own TarWriter: PNG and JPEG images of three colours,
+    the class name in ``.cls``, a caption in ``.txt``; returns the brace pattern naming them.
+    Sample keys are numbered from ``first`` (unique across calls that give different ones)."""
+    import io
+
+    import webdataset
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    names = sorted(COLORS)
+    rng = np.random.default_rng(first)
+    number = first
+    for shard in range(shards):
+        with webdataset.TarWriter(str(root / f"{prefix}-{shard:04d}.tar"), encoder=False) as tar:
+            for _ in range(per_shard):
+                name = names[number % len(names)]
+                pixels = np.clip(np.array(COLORS[name])[None, None]
+                                 + rng.normal(0, 20, (20, 24, 3)), 0, 255)
+                ext = ("png", "jpg")[number % 2]
+                data = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(data, "PNG" if ext == "png" else "JPEG")
+                sample = {"__key__": f"{number:06d}", ext: data.getvalue(), "cls": name.encode()}
+                if captions:
+                    sample["txt"] = f"a {name} patch".encode()
+                tar.write(sample)
+                number += 1
+    return str(root / f"{prefix}-{{0000..{shards - 1:04d}}}.tar")

@@ -204,6 +204,62 @@ def not_coco(files, data):
     data.pop("annotations")
 
 
+def shards_case(*samples: dict, classes: str | None = None, extra: tuple = ()):
+    """Good shards (webdataset's TarWriter) and one more shard of the ``samples`` given, as raw
+    members; ``classes`` is written to classes.txt beside them."""
+    def build(tmp_path, folder):
+        import webdataset
+        from data_files import webdataset_shards
+
+        root = tmp_path / "shards"
+        webdataset_shards(root, shards=2, per_shard=9)
+        if samples:
+            with webdataset.TarWriter(str(root / "shard-0002.tar"), encoder=False) as tar:
+                for sample in samples:
+                    tar.write(sample)
+        if classes is not None:
+            (root / "classes.txt").write_text(classes)
+        return ["data=webdataset", f"data.shards={root}/shard-*.tar", *extra]
+    return build
+
+
+def png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(data, "PNG")
+    return data.getvalue()
+
+
+def raw_shard(content: bytes):
+    def build(tmp_path, folder):
+        args = shards_case()(tmp_path, folder)
+        (tmp_path / "shards" / "shard-0002.tar").write_bytes(content)
+        return args
+    return build
+
+
+def gzipped_shard(tmp_path, folder):
+    import gzip
+
+    args = shards_case()(tmp_path, folder)
+    first = tmp_path / "shards" / "shard-0000.tar"
+    (tmp_path / "shards" / "shard-0002.tar").write_bytes(gzip.compress(first.read_bytes()))
+    return args
+
+
+RED = {"png": None, "cls": b"red", "txt": b"a red patch"}  # the image is added per case
+
+
+def sample(key: str, **fields) -> dict:
+    out = {"__key__": key, **{k: v for k, v in RED.items() if k not in fields}, **fields}
+    if "png" in out and out["png"] is None:
+        out["png"] = png_bytes()
+    return {k: v for k, v in out.items() if v is not False}
+
+
 # (case, how to build its arguments, the message): docs/bad_input.md lists the same
 CATALOGUE = [
     ("folder missing", lambda t, f: ["data=image_folder", "data.root=/no/such/folder"],
@@ -265,6 +321,27 @@ CATALOGUE = [
     ("COCO file without annotations", coco_case(not_coco), "not a COCO caption file"),
     ("labels for an image not in the captions", coco_case(stray_label, labels="csv"),
      "labels image '555', which is not in the caption file"),
+    ("shard pattern naming no file",
+     lambda t, f: ["data=webdataset", "data.shards='/no/shards/s-{0000..0003}.tar'"],
+     "/no/shards/s-0000.tar: no such file"),
+    ("a shard that is not a tar file", raw_shard(b"not a tar file at all" * 40),
+     "shard-0002.tar: not a tar file"),
+    ("a gzip-compressed shard", gzipped_shard, "shard-0002.tar: a gzip-compressed shard"),
+    ("shard sample without an image", shards_case(sample("x1", png=False)),
+     "shard-0002.tar: sample 'x1' has no image member"),
+    ("shard sample without a label", shards_case(sample("x1", cls=False)),
+     "shard-0002.tar: sample 'x1' has no label member"),
+    ("shard sample key repeated in another shard", shards_case(sample("000003")),
+     "shard-0002.tar: sample key '000003' is also in"),
+    ("shard label not in classes.txt", shards_case(classes="blue\ngreen\n"),
+     "label 'red' is not one of the 2 classes of"),
+    ("undecodable image in a shard", shards_case(sample("x1", png=b"not a png")),
+     "shard-0002.tar:x1: not an image PIL can read"),
+    ("shard caption on some samples only", shards_case(sample("x1", txt=False)),
+     "shard-0002.tar:x1: no caption member, but other samples have one"),
+    ("shards per split without test shards",
+     lambda t, f: ["data=webdataset", f"data.shards={{train: {f}/x.tar}}"],
+     "data.shards has no test shards"),
     ("a dataset column that does not exist",
      lambda t, f: ["data=hf", f"data.dataset={hf_saved(t / 'hf')}", "data.columns.image=picture"],
      "data.columns.image='picture': no such column"),
@@ -379,3 +456,31 @@ def test_a_saved_hugging_face_dataset(make_cfg, tmp_path, splits):
     assert "test/acc" in train(make_cfg(*args))
     metrics = train(make_cfg("experiment=captioner_shapes", *args, output_dir=tmp_path / "cap"))
     assert "test/cider" in metrics
+
+
+# The strings each file dataset's fixture carries (overrides_for writes them).
+STRINGS = {"image_folder": set(), "cifar10": {"caption"}, "jsonl": {"caption", "text"},
+           "coco_captions": {"caption"}, "hf": {"caption"}, "webdataset": {"caption"}}
+NEEDS = {"fusion_shapes": "text", "captioner_shapes": "caption", "pixel_lm_shapes": "caption"}
+EXTRA = {"aux_text_shapes": ["descriptions=class_name"]}
+
+
+@pytest.mark.parametrize("data", sorted(STRINGS))
+@pytest.mark.parametrize("experiment", ["baseline_shapes", "fusion_shapes", "aux_text_shapes",
+                                        "captioner_shapes", "pixel_lm_shapes"])
+def test_every_strategy_on_every_file_dataset(make_cfg, tmp_path, experiment, data):
+    """Each strategy trains (debug=fdr) on each dataset read from files, or, where it reads
+    strings the data has none of, stops before training saying so in one line."""
+    from data_files import overrides_for
+
+    args = [f"experiment={experiment}", f"data={data}", *overrides_for(data, tmp_path), *FAST,
+            *EXTRA.get(experiment, [])]
+    needed = NEEDS.get(experiment)
+    if needed and needed not in STRINGS[data]:
+        with pytest.raises(UserError, match=f"this data has no {needed} per item"):
+            train(make_cfg(*args))
+        assert record(tmp_path)["status"] == "failed"
+        return
+    metrics = train(make_cfg(*args))
+    assert record(tmp_path)["status"] == "completed"
+    assert any(key.startswith("test/") for key in metrics)

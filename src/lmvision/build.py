@@ -46,13 +46,15 @@ def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
     datamodule = instantiate(cfg.data.datamodule)
     if "tokenizer" not in cfg.strategy:
         return datamodule, instantiate(cfg.strategy)
-    # a captioner's tokenizer learns from the training captions; the others' from the text
-    captions = "caption_tokenizer" in cfg.strategy
-    node = (cfg.strategy.caption_tokenizer if captions
+    # a captioner's tokenizer, and that of a pixel model conditioned on captions, learns from
+    # the training captions; the others' from the text
+    own = "caption_tokenizer" in cfg.strategy
+    captions = own or "caption" in (OmegaConf.select(cfg, "strategy.net.conditions") or [])
+    node = (cfg.strategy.caption_tokenizer if own
             else OmegaConf.select(cfg, "text_encoder.tokenizer"))
     if node is None:
         raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
-    if captions:  # a captioner learns from the captions: the data must have them
+    if captions:  # it reads the captions: the data must have them
         datamodule.require_strings("caption")
     if tokenizer is None:
         tokenizer = instantiate(node)(datamodule.train_texts("caption" if captions else "text"))

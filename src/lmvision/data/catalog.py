@@ -122,8 +122,9 @@ def jsonl_classes(path: str | Path, classes: list[str] | None = None) -> list[st
     return sorted({str(row["label"]) for row in rows})
 
 
-def num_classes(kind: str, where: str, classes: Any = None) -> int:
-    """``${lmv.num_classes_in:image_folder,<root>}`` / ``${lmv.num_classes_in:jsonl,<path>}``."""
+def num_classes(kind: str, where: Any, classes: Any = None, members: Any = None) -> int:
+    """``${lmv.num_classes_in:image_folder,<root>}`` / ``${lmv.num_classes_in:jsonl,<path>}``;
+    for ``webdataset``, ``where`` is the shard pattern(s) and ``members`` the member mapping."""
     if kind == "image_folder":
         return len(folder_classes(where))
     if kind == "jsonl":
@@ -134,7 +135,16 @@ def num_classes(kind: str, where: str, classes: Any = None) -> int:
         return hf_num_classes(where, str(classes or "label"))
     if kind == "coco_captions":  # `where` is the labels file (or null)
         return len(coco_classes(where if where not in (None, "None", "null") else None))
-    raise UserError(f"lmv.num_classes_in knows image_folder, jsonl and coco_captions, not {kind!r}")
+    if kind == "webdataset":
+        from omegaconf import OmegaConf
+
+        from lmvision.data.tar_shards import read_index
+
+        plain = [OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                 for v in (where, classes, members)]
+        return len(read_index(plain[0], plain[2], list(plain[1]) if plain[1] else None).classes)
+    raise UserError(f"lmv.num_classes_in knows image_folder, jsonl, hf, coco_captions and "
+                    f"webdataset, not {kind!r}")
 
 
 def coco_captions(path: str | Path) -> tuple[list[dict], dict[int, list[str]]]:

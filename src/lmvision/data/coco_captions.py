@@ -45,8 +45,7 @@ class CocoCaptionsDataset(ImageFilesDataset):
             on_bad_item=on_bad_item, verify=verify, cache_images=cache_images,
             source=f"data.captions_file={captions_file}",
             where=[f"{captions_file} (image id {i['id']})" for i in images])
-        kept = {str(p) for p in self.paths}
-        self.references = [captions[i["id"]] for i in images if str(root / str(i["file_name"])) in kept]
+        self.references = [captions[images[i]["id"]] for i in self.kept]
 
     def __getitem__(self, index: int) -> dict:
         item = super().__getitem__(index)

@@ -13,6 +13,7 @@ from torchvision.transforms import v2
 
 from lmvision.data.class_splits import choose_holdout, restrict_split
 from lmvision.data.collate import BatchCollator
+from lmvision.data.shard_sampler import ShardBatches
 from lmvision.errors import UserError
 
 
@@ -59,6 +60,8 @@ class ImageDataModule(pl.LightningDataModule):
             Test keeps every class; ``unseen_classes`` lists the held-out ones.
         shots_per_class: Keep this many training images per class (few-shot), drawn with
             ``split_seed``; ``None`` keeps all.
+        shuffle_window: For data in shards (``webdataset``): training items are shuffled
+            within runs of this many items of a process's shards (and the shards each epoch).
 
     Training batches are shuffled by a sampler seeded with ``split_seed`` and the epoch, and
     each training image is augmented with a random state seeded by ``split_seed``, the epoch and
@@ -68,6 +71,8 @@ class ImageDataModule(pl.LightningDataModule):
     the next batch, and ends with the weights of a run that was never stopped. Under DDP each process gets
     its share of the training set (padded to equal length, as DDP needs) and of val/test
     *without* padding: every item is evaluated exactly once, so metrics equal one process's.
+    Data in shards (a dataset with ``shard_of``) is served by :class:`ShardBatches` instead,
+    with the same guarantees: each process and each loader worker reads its own shards.
     """
 
     def __init__(
@@ -92,6 +97,7 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: bool = False,
         holdout_classes: Sequence[str] | float | None = None,
         shots_per_class: int | None = None,
+        shuffle_window: int = 1000,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -106,6 +112,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.max_text_length = _count("data.max_text_length", max_text_length)
         self.split_seed = split_seed
+        self.shuffle_window = _count("data.shuffle_window", shuffle_window)
         self.tokenize_keys = tuple(tokenize_keys)
         self.use_tokenizer(tokenizer)
         self._check_options(val_fraction, test_fraction)
@@ -261,31 +268,37 @@ class ImageDataModule(pl.LightningDataModule):
                 for k, v in batch.items()}
 
     def _loader(self, data: Dataset, batch_size: int, train: bool) -> DataLoader:
-        # the loader's own generator: starting an epoch's iterator (which draws the workers'
-        # base seed) leaves the global random state alone, wherever a run was resumed
-        return DataLoader(
-            data, batch_size=batch_size, sampler=self._sampler(data, batch_size, train),
-            num_workers=self.num_workers, collate_fn=self.collate, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.split_seed),
-        )
-
-    def _sampler(self, data: Dataset, batch_size: int, train: bool) -> Sampler:
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
         resume = None
-        if train:
+        if train:  # (epoch, batches trained in it) of a run resumed mid-epoch
             resume, self._resume_at = self._resume_at, None
-            skip = (resume[0], resume[1] * batch_size) if resume else None
+        elif world > 1 and len(data) < world:
+            raise DataConfigError(f"a split of {len(data)} items cannot be shared by {world} "
+                                  "processes; use more data or fewer devices")
+        # the loader's own generator: starting an epoch's iterator (which draws the workers'
+        # base seed) leaves the global random state alone, wherever a run was resumed
+        common = dict(num_workers=self.num_workers, collate_fn=self.collate,
+                      pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(self.split_seed))
+        shard_of = getattr(self.dataset, "shard_of", None)
+        if shard_of is not None:  # shards: each process and worker reads its own
+            batches = ShardBatches(shard_of[data.indices], batch_size, self.num_workers, rank,
+                                   world, train=train, seed=self.split_seed,
+                                   window=self.shuffle_window, skip=resume)
+            return DataLoader(data, batch_sampler=batches, **common)
+        sampler = self._sampler(data, world, rank, train,
+                                (resume[0], resume[1] * batch_size) if resume else None)
+        return DataLoader(data, batch_size=batch_size, sampler=sampler, **common)
+
+    def _sampler(self, data: Dataset, world: int, rank: int, train: bool,
+                 skip: tuple[int, int] | None) -> Sampler | None:
         if world == 1:
             return EpochShuffleSampler(len(data), self.split_seed, skip) if train else None
-        rank = trainer.global_rank
         if train:  # Lightning sets the epoch; padding keeps every process's step count equal
             return ResumableDistributedSampler(data, num_replicas=world, rank=rank, shuffle=True,
                                                seed=self.split_seed, skip=skip)
-        if len(data) < world:
-            raise DataConfigError(f"a split of {len(data)} items cannot be shared by {world} "
-                                  "processes; use more data or fewer devices")
         return UnpaddedDistributedSampler(data, num_replicas=world, rank=rank, shuffle=False)
 
     def _check_options(self, val_fraction: float, test_fraction: float) -> None:

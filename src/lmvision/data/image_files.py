@@ -84,7 +84,8 @@ class ImageFilesDataset(Dataset):
     """Items read from image files, with labels and optional strings.
 
     Args:
-        paths: One image file per item.
+        paths: One image file per item (a ``Path``; a subclass may give other locators and
+            read them in :meth:`image_file`).
         labels: Class index per item.
         classes: Class names.
         image_size: Side of the square images served.
@@ -119,7 +120,7 @@ class ImageFilesDataset(Dataset):
         if verify:
             keep = []
             for i, path in enumerate(paths):
-                reason = unreadable(path)
+                reason = unreadable(self.image_file(path))
                 if reason is None:
                     keep.append(i)
                     continue
@@ -130,7 +131,8 @@ class ImageFilesDataset(Dataset):
                 self.skipped.append({"file": str(path), "reason": reason})
         if not keep:
             raise UserError(f"{source}: no readable image in it")
-        self.paths = [Path(paths[i]) for i in keep]
+        self.kept = keep  # positions in the given lists of the items served
+        self.paths = [paths[i] for i in keep]
         self.labels = torch.tensor([int(labels[i]) for i in keep], dtype=torch.long)
         self.classes = list(classes)
         self.image_size, self.channels = image_size, channels
@@ -140,15 +142,20 @@ class ImageFilesDataset(Dataset):
         self.source = source
         self.cached = None
         if cache_images:
-            self.cached = torch.stack([read_image(p, image_size, channels) for p in self.paths])
+            self.cached = torch.stack([read_image(self.image_file(p), image_size, channels)
+                                       for p in self.paths])
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
         image = self.cached[index] if self.cached is not None else \
-            read_image(self.paths[index], self.image_size, self.channels)
+            read_image(self.image_file(self.paths[index]), self.image_size, self.channels)
         return item_with_strings(self, index, image)
+
+    def image_file(self, locator):
+        """What PIL opens for one item: here its path (a subclass may read it elsewhere)."""
+        return locator
 
     @property
     def split_indices(self) -> dict[str, torch.Tensor] | None:
