@@ -22,6 +22,11 @@ SETUPS = {  # augmentation drawn per item (digits), modality dropout drawn in th
     "fusion_dropout": [*TINY, "experiment=fusion_shapes", "text_encoder=scratch",
                        "strategy.net.modality_dropout=0.3", "data.batch_size=32",
                        "trainer.max_epochs=3"],
+    # tar shards, two loader workers each reading its own (the shards are written per test)
+    "webdataset_workers": ["data=webdataset", "logger=csv", "data.image_size=16",
+                           "data.batch_size=4", "data.num_workers=2", "backbone=small_cnn",
+                           "data.datamodule.augment=[{_target_:torchvision.transforms.v2."
+                           "RandomHorizontalFlip}]", "trainer.max_epochs=2"],
 }
 
 
@@ -62,9 +67,14 @@ def read(path: Path) -> dict:
 @pytest.mark.parametrize("setup", sorted(SETUPS))
 def test_a_warned_job_saves_mid_epoch_and_its_requeued_job_ends_like_an_unstopped_run(
         make_cfg, tmp_path, monkeypatch, submitit_handler, setup):
-    args = [*SETUPS[setup], "+callbacks.warn._target_=test_preemption.SignalAt",
+    setup_args = list(SETUPS[setup])
+    if setup == "webdataset_workers":
+        from data_files import overrides_for
+
+        setup_args += overrides_for("webdataset", tmp_path)
+    args = [*setup_args, "+callbacks.warn._target_=test_preemption.SignalAt",
             "+callbacks.warn.step=5"]
-    straight = train(make_cfg(*SETUPS[setup], output_dir=tmp_path / "a"))
+    straight = train(make_cfg(*setup_args, output_dir=tmp_path / "a"))
     assert submitit_handler.calls == []
 
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # both attempts are the same SLURM job
@@ -76,7 +86,7 @@ def test_a_warned_job_saves_mid_epoch_and_its_requeued_job_ends_like_an_unstoppe
     assert record["status"] == "requeued" and record["slurm"]["job_id"] == "4242"
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 6 == record["preempted"][0]["step"]  # the batch it was in
-    steps_per_epoch = {"digits_augmented": 20, "fusion_dropout": 7}[setup]
+    steps_per_epoch = {"digits_augmented": 20, "fusion_dropout": 7, "webdataset_workers": 7}[setup]
     assert last["global_step"] % steps_per_epoch != 0  # mid-epoch
     assert not (run / "checkpoints" / "last.ckpt.part").exists()
 

@@ -96,6 +96,11 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
     if command.split(" ")[0].endswith("lmvision-compare"):
         command = command.replace("multirun/image_classifier",
                                   str(request.getfixturevalue("sweep_dir")))
+    if "data=webdataset" in command:  # the README's shards: written here
+        from data_files import webdataset_shards
+
+        pattern = webdataset_shards(tmp_path / "shards")
+        command = re.sub(r"data\.shards='[^']*'", f"data.shards='{pattern}'", command)
     if "/data/pets" in command:  # the README's own data: a folder and a JSONL written here
         command = command.replace("/data/pets", str(user_data(tmp_path / "pets")))
     run = tmp_path / "run"

@@ -1,8 +1,8 @@
 """`webdataset`: tar shards in the WebDataset layout, for data that does not fit one disk.
 
-    lmvision-train data=webdataset data.shards='/data/pets/train-{0000..0099}.tar'
-    lmvision-train data=webdataset +data.shards.train='/data/train-*.tar' \\
-        +data.shards.test='/data/test-*.tar'
+    lmvision-train data=webdataset "data.shards='/data/pets/train-{0000..0099}.tar'"
+    lmvision-train data=webdataset \\
+        'data.shards={train: "/data/train-*.tar", test: "/data/test-*.tar"}'
 
 Each sample is the run of members sharing a key (``000017.png``, ``000017.cls``,
 ``000017.txt``); ``data.members`` says which extension holds what (:mod:`tar_shards`).
