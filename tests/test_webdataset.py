@@ -28,6 +28,42 @@ def test_brace_patterns_expand_as_webdataset_writes_them():
     assert expand("plain.tar") == ["plain.tar"]
 
 
+@pytest.mark.parametrize("fmt", ["USTAR_FORMAT", "GNU_FORMAT", "PAX_FORMAT"])
+def test_tar_headers_are_read_as_pythons_tarfile_reads_them(tmp_path, fmt):
+    """Long names (GNU long-name members, PAX paths, the ustar prefix), non-ASCII names,
+    empty members, folders and links: the same regular files, offsets and sizes as tarfile."""
+    import io
+    import tarfile
+
+    from lmvision.data.tar_shards import TarFormatError, tar_members
+
+    path = tmp_path / "mixed.tar"
+    names = ["a/0001.png", "b" * 60 + "/" + "c" * 70 + ".jpg", "empty.txt"]
+    if fmt != "USTAR_FORMAT":  # a long file name, non-ASCII names
+        names += ["x" * 120 + ".cls", "dé/ünï.txt"]
+    with tarfile.open(path, "w", format=getattr(tarfile, fmt)) as tar:
+        folder = tarfile.TarInfo("a")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        for i, name in enumerate(names):
+            data = bytes(range(256)) * i
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("a/link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "0001.png"
+        tar.addfile(link)
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+    with open(path, "rb") as f:
+        assert list(tar_members(f)) == expected
+    assert [e[0] for e in expected] == names
+    spoilt = tmp_path / "noise.tar"
+    spoilt.write_bytes(bytes(range(256)) * 8)
+    with open(spoilt, "rb") as f, pytest.raises(TarFormatError):
+        list(tar_members(f))
+
+
 def test_the_index_reads_what_webdataset_itself_reads(tmp_path):
     """Every sample's image bytes, read by offset, equal those webdataset's own reader gives;
     labels are class names, captions come from .txt."""

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import glob
 import re
-import tarfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from lmvision.errors import UserError
 
@@ -134,51 +133,115 @@ def members_of(members: Mapping[str, Any] | None) -> dict[str, list[str] | None]
             if v else None for k, v in out.items()}
 
 
-def _samples(path: str) -> list[tuple[str, dict[str, tarfile.TarInfo]]]:
-    """The samples of one shard: (key, {extension: member}) in order."""
+class TarFormatError(ValueError):
+    """Not a tar file, or a damaged one."""
+
+
+def tar_members(f) -> Iterator[tuple[str, int, int]]:
+    """The regular files of an uncompressed tar file, in order: (name, data offset, size).
+
+    Reads the 512-byte headers only, seeking over the data: ustar, GNU long names and PAX
+    headers (path, size), as tar, Python's tarfile and webdataset's TarWriter write them.
+    Python's tarfile parses the same headers several times slower, which shows on shards of
+    many small members.
+    """
+    offset, overrides, long_name = 0, {}, None
+    while True:
+        f.seek(offset)
+        header = f.read(512)
+        if len(header) < 512 or header.count(0) == 512:
+            if offset == 0:
+                raise TarFormatError("empty or truncated at the first header")
+            return
+        stored = header[148:156].replace(b"\0", b" ").strip()
+        try:
+            checksum = int(stored, 8)
+        except ValueError:
+            raise TarFormatError(f"no tar header at byte {offset}") from None
+        if checksum != sum(header[:148]) + 256 + sum(header[156:]) and checksum != 256 + sum(
+                b - 256 if b > 127 else b for b in header[:148] + header[156:]):  # signed, old tars
+            raise TarFormatError(f"bad header checksum at byte {offset}")
+        size_field = header[124:136]
+        if size_field[0] & 0x80:  # base-256 (GNU) for sizes of 8 GiB and more
+            size = int.from_bytes(size_field[1:], "big")
+        else:
+            size = int(size_field.replace(b"\0", b" ").strip() or b"0", 8)
+        kind = header[156:157]
+        data = offset + 512
+        if kind in (b"x", b"L", b"g"):
+            f.seek(data)
+            content = f.read(size)
+            if kind == b"x":
+                overrides = _pax(content)
+            elif kind == b"L":
+                long_name = content.rstrip(b"\0").decode("utf-8", "replace")
+        else:
+            size = int(overrides.get("size", size))
+            if kind in (b"0", b"\0", b"7"):
+                name = overrides.get("path") or long_name
+                if name is None:
+                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                    if header[257:262] == b"ustar" and header[345]:
+                        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
+                        name = f"{prefix}/{name}"
+                yield name, data, size
+            overrides, long_name = {}, None
+        offset = data + (size + 511) // 512 * 512
+
+
+def _pax(content: bytes) -> dict[str, str]:
+    """The records of a PAX extended header: ``"<length> <key>=<value>\\n"``."""
+    out, position = {}, 0
+    while position < len(content) and content[position:position + 1] != b"\0":
+        space = content.index(b" ", position)
+        length = int(content[position:space])
+        key, _, value = content[space + 1:position + length - 1].partition(b"=")
+        out[key.decode("utf-8")] = value.decode("utf-8", "replace")
+        position += length
+    return out
+
+
+def _samples(path: str, read: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The samples of one shard: (key, {extension: (offset, size)}) in order; the members whose
+    extension is in ``read`` (labels, strings) are given as their content."""
+    samples: list[tuple[str, dict[str, Any]]] = []
     with open(path, "rb") as f:
         if f.read(2) == b"\x1f\x8b":
             raise UserError(f"{path}: a gzip-compressed shard; lmvision reads uncompressed .tar "
                             "shards (images are compressed already), by offset")
-    try:
-        tar = tarfile.open(path, "r:")
-    except tarfile.TarError as e:
-        raise UserError(f"{path}: not a tar file ({e})") from None
-    samples: list[tuple[str, dict[str, tarfile.TarInfo]]] = []
-    with tar:
         try:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                folder, _, base = info.name.rpartition("/")
+            for name, offset, size in tar_members(f):
+                folder, _, base = name.rpartition("/")
                 if base.startswith("."):
                     continue
                 stem, dot, ext = base.partition(".")
                 if not dot or not stem:
-                    raise UserError(f"{path}: member {info.name!r} has no key.extension name "
+                    raise UserError(f"{path}: member {name!r} has no key.extension name "
                                     "(WebDataset names members <key>.<field>)")
                 key = f"{folder}/{stem}" if folder else stem
                 if not samples or samples[-1][0] != key:
                     samples.append((key, {}))
                 fields = samples[-1][1]
-                if ext.lower() in fields:
+                ext = ext.lower()
+                if ext in fields:
                     raise UserError(f"{path}: sample {key!r} has two .{ext} members")
-                fields[ext.lower()] = info
-        except tarfile.TarError as e:
-            raise UserError(f"{path}: a damaged tar file ({e})") from None
+                if ext in read:  # labels and strings are small: read them now
+                    f.seek(offset)
+                    fields[ext] = f.read(size)
+                else:
+                    fields[ext] = (offset, size)
+        except (TarFormatError, ValueError) as e:
+            raise UserError(f"{path}: not a tar file, or a damaged one ({e})") from None
     if not samples:
         raise UserError(f"{path}: an empty shard (no members)")
     return samples
 
 
-def _text(path: str, info: tarfile.TarInfo) -> str:
-    with open(path, "rb") as f:
-        f.seek(info.offset_data)
-        data = f.read(info.size)
+def _text(path: str, key: str, ext: str, content: bytes) -> str:
     try:
-        return data.decode("utf-8").strip()
+        return content.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise UserError(f"{path}: member {info.name!r} is not UTF-8 text") from None
+        raise UserError(f"{path}: member {key}.{ext} is not UTF-8 text") from None
 
 
 def _stamp(files: list[str]) -> tuple:
@@ -222,9 +285,10 @@ def _read_index(stamp: tuple, frozen: tuple, classes: tuple | None,
     splits: list[str] = []
     seen: dict[str, str] = {}
     split_of = {name: split for split, split_files in stamp for name, *_ in split_files}
+    small = {e for kind in ("label", "caption", "text") for e in fields[kind] or ()}
     for number, name in enumerate(files):
         split = split_of[name]
-        for key, sample in _samples(name):
+        for key, sample in _samples(name, small):
             if key in seen:
                 raise UserError(f"{name}: sample key {key!r} is also in {seen[key]} (keys must "
                                 "be unique across shards)")
@@ -233,18 +297,18 @@ def _read_index(stamp: tuple, frozen: tuple, classes: tuple | None,
             if image is None:
                 raise UserError(f"{name}: sample {key!r} has no image member "
                                 f"(.{' .'.join(fields['image'])}; see data.members.image)")
-            label = next((sample[e] for e in fields["label"] if e in sample), None)
+            label = next((e for e in fields["label"] if e in sample), None)
             if label is None:
                 raise UserError(f"{name}: sample {key!r} has no label member "
                                 f"(.{' .'.join(fields['label'])}; see data.members.label)")
-            index.images.append(Member(name, key, image.offset_data, image.size))
+            index.images.append(Member(name, key, *image))
             index.shard_of.append(number)
-            index.labels.append(_text(name, label))
+            index.labels.append(_text(name, key, label, sample[label]))
             if not index.labels[-1]:
                 raise UserError(f"{name}: sample {key!r} has an empty label")
             for kind in ("caption", "text"):
-                found = next((sample[e] for e in fields[kind] or () if e in sample), None)
-                value = _text(name, found) if found is not None else None
+                found = next((e for e in fields[kind] or () if e in sample), None)
+                value = _text(name, key, found, sample[found]) if found is not None else None
                 if value == "":
                     raise UserError(f"{name}: sample {key!r} has an empty {kind}")
                 strings[kind].append(value)
