@@ -253,6 +253,31 @@ def gzipped_shard(tmp_path, folder):
 RED = {"png": None, "cls": b"red", "txt": b"a red patch"}  # the image is added per case
 
 
+def raw_members(*members: tuple[str, bytes | None]):
+    """Good shards and one more written member by member with tarfile (None: a PNG), for
+    layouts webdataset's writer would not produce."""
+    def build(tmp_path, folder):
+        import io
+        import tarfile
+
+        args = shards_case()(tmp_path, folder)
+        with tarfile.open(tmp_path / "shards" / "shard-0002.tar", "w") as tar:
+            for name, data in members:
+                data = png_bytes() if data is None else data
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return args
+    return build
+
+
+def cut_shard(tmp_path, folder):
+    args = shards_case()(tmp_path, folder)
+    path = tmp_path / "shards" / "shard-0001.tar"
+    path.write_bytes(path.read_bytes()[:3700])  # copied in part: inside the second member
+    return args
+
+
 def sample(key: str, **fields) -> dict:
     out = {"__key__": key, **{k: v for k, v in RED.items() if k not in fields}, **fields}
     if "png" in out and out["png"] is None:
@@ -339,6 +364,13 @@ CATALOGUE = [
      "shard-0002.tar:x1: not an image PIL can read"),
     ("shard caption on some samples only", shards_case(sample("x1", txt=False)),
      "shard-0002.tar:x1: no caption member, but other samples have one"),
+    ("shard sample with two members of one field", raw_members(("x1.png", None), ("x1.cls", b"red"),
+                                                              ("x1.png", None)),
+     "shard-0002.tar: sample 'x1' has two .png members"),
+    ("shard sample whose members are apart",
+     raw_members(("x1.png", None), ("x2.png", None), ("x2.cls", b"red"), ("x1.cls", b"red")),
+     "shard-0002.tar: the members of sample 'x1' are not together"),
+    ("a shard cut short", cut_shard, "shard-0001.tar: not a tar file, or a damaged one (cut short"),
     ("shards per split without test shards",
      lambda t, f: ["data=webdataset", f"data.shards={{train: {f}/x.tar}}"],
      "data.shards has no test shards"),

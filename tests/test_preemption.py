@@ -121,3 +121,24 @@ def test_another_slurm_job_never_continues_a_run(make_cfg, tmp_path, monkeypatch
 
     with pytest.raises(UserError, match="already holds a run"):
         train(make_cfg(*TINY, "trainer.max_epochs=1", "debug=limit"))
+
+
+def test_a_mid_epoch_checkpoint_of_shards_is_not_resumed_with_other_loader_workers(
+        make_cfg, tmp_path, monkeypatch, submitit_handler):
+    """Shard batches depend on the loader workers: the rest of an epoch cut another way would
+    not be the batches skipped, so such a resume is refused, naming the option."""
+    from data_files import overrides_for
+
+    from lmvision.errors import UserError
+
+    setup = [*SETUPS["webdataset_workers"], *overrides_for("webdataset", tmp_path)]
+    warn = ["+callbacks.warn._target_=test_preemption.SignalAt", "+callbacks.warn.step=5"]
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    run = tmp_path / "b"
+    with pytest.raises(SystemExit):
+        train(make_cfg(*setup, *warn, output_dir=run))
+    other = [a if a != "data.num_workers=2" else "data.num_workers=0" for a in setup]
+    with pytest.raises(UserError, match="saved mid-epoch with data.num_workers=2 and is resumed "
+                                        "with 0"):
+        train(make_cfg(*other, *warn, output_dir=run))
+    assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -64,6 +64,74 @@ def test_tar_headers_are_read_as_pythons_tarfile_reads_them(tmp_path, fmt):
         list(tar_members(f))
 
 
+def tar_bytes(*members: tuple[str, bytes], fmt=None, pax: dict | None = None) -> bytes:
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt or tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            if pax:
+                info.pax_headers = dict(pax)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def members_of(data: bytes, tmp_path) -> list:
+    from lmvision.data.tar_shards import tar_members
+
+    path = tmp_path / "t.tar"
+    path.write_bytes(data)
+    with open(path, "rb") as f:
+        return list(tar_members(f))
+
+
+def test_tar_headers_long_links_pax_sizes_and_base_256_sizes(tmp_path):
+    import tarfile
+
+    from lmvision.data.tar_shards import TarFormatError
+
+    # a GNU long link name ('K' header) before a member, and a PAX size record
+    link = tarfile.TarInfo("k/l.png")
+    link.type, link.linkname = tarfile.SYMTYPE, "z" * 150
+    data = tar_bytes(("k/1.png", b"abc"), fmt=tarfile.GNU_FORMAT)
+    import io
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        tar.addfile(link)
+        info = tarfile.TarInfo("k/2.png")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    assert members_of(out.getvalue(), tmp_path) == [("k/2.png", 2048, 5)]
+    assert members_of(tar_bytes(("p.png", b"12345"), pax={"size": "5"}), tmp_path)[0][2] == 5
+    # a base-256 size field, as GNU tar writes sizes of 8 GiB and more
+    header = bytearray(data[:512])
+    header[124:136] = b"\x80" + (3).to_bytes(11, "big")
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    assert members_of(bytes(header) + data[512:], tmp_path) == [("k/1.png", 512, 3)]
+    for spoilt, what in [(data[:514], "cut short inside member"),  # a shard copied in part
+                         (data[:300], "cut short inside the header"),
+                         (bytes(1024), "an empty file")]:
+        with pytest.raises(TarFormatError, match=what):
+            members_of(spoilt, tmp_path)
+    hard = io.BytesIO()
+    with tarfile.open(fileobj=hard, mode="w") as tar:
+        info = tarfile.TarInfo("h.png")
+        info.type, info.linkname = tarfile.LNKTYPE, "k/1.png"
+        tar.addfile(info)
+    with pytest.raises(TarFormatError, match="hard link"):
+        members_of(hard.getvalue(), tmp_path)
+    bad_pax = bytearray(tar_bytes(("p.png", b"x"), pax={"comment": "hi"}))
+    at = bad_pax.index(b"comment") - 3  # the record's length: "NN comment=hi\n"
+    bad_pax[at:at + 2] = b"00"
+    with pytest.raises(TarFormatError):  # a zero length would loop for ever
+        members_of(bytes(bad_pax), tmp_path)
+
+
 def test_the_index_reads_what_webdataset_itself_reads(tmp_path):
     """Every sample's image bytes, read by offset, equal those webdataset's own reader gives;
     labels are class names, captions come from .txt."""
@@ -147,6 +215,13 @@ def test_evaluation_batches_give_each_item_exactly_once():
         assert len(got) == len(batches)
         seen += [i for batch in got for i in batch]
     assert sorted(seen) == list(range(18))
+
+
+def test_large_seeds_are_within_torchs_range():
+    batches = ShardBatches(shard_of([10, 10]), 4, workers=2, rank=1, world=2, train=True,
+                           seed=2**32 - 1)
+    batches.set_epoch(7)
+    assert len(list(batches)) == len(batches)
 
 
 def test_a_resumed_epoch_skips_the_batches_already_trained():
@@ -244,3 +319,26 @@ def test_webdataset_under_ddp_each_sample_once_per_epoch(tmp_path):
         assert sorted(seen[0][epoch] + seen[1][epoch]) == split
     assert seen[0]["0"] != seen[0]["1"]  # each epoch reshuffles the shards
 
+
+def test_a_bad_image_found_while_training_is_one_line_naming_it(tmp_path):
+    """With data.verify=false a bad image is found where a loader worker reads it: the run
+    stops with one line naming the shard and the sample, exit status 2, its record failed."""
+    import webdataset
+
+    webdataset_shards(tmp_path / "shards", shards=2, per_shard=9)
+    with webdataset.TarWriter(str(tmp_path / "shards" / "shard-0002.tar"), encoder=False) as tar:
+        for i in range(9):
+            tar.write({"__key__": f"bad{i}", "png": b"not a png", "cls": b"red",
+                       "txt": b"a red patch"})
+    run = tmp_path / "run"
+    result = run_cli(["-m", "lmvision.train", "data=webdataset",
+                      f"data.shards={tmp_path}/shards/shard-*.tar", "data.verify=false",
+                      "data.num_workers=2", "data.image_size=16", "logger=csv", "debug=limit",
+                      f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("lmvision: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert "shard-0002.tar:bad" in errors[0] and "not an image PIL can read" in errors[0]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "failed" and "shard-0002.tar:bad" in record["error"]
+    assert "\n" not in record["error"]

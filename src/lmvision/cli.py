@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmvision.errors import user_error_in
+from lmvision.errors import message_of, user_error_in
 
 # What the run raised, kept for `main` to report once Hydra has returned. (Letting it escape
 # through Hydra would make Hydra print its own "Error executing job" line first.)
@@ -49,7 +49,7 @@ def main(hydra_main: Callable[[], Any], config_name: str) -> None:
         user = user_error_in(err)
         if user is None:
             raise err  # a bug: the full traceback
-        exit_with_error(str(user))
+        exit_with_error(message_of(user))
 
 
 def exit_with_error(message: str) -> None:
@@ -77,7 +77,7 @@ def run_task(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             return None
         user = user_error_in(err)
         if user is not None:
-            print(f"lmvision: error: {user}", file=sys.stderr, flush=True)
+            print(f"lmvision: error: {message_of(user)}", file=sys.stderr, flush=True)
         else:
             traceback.print_exception(err)
         return math.nan
@@ -168,7 +168,7 @@ def user_message(err: BaseException, config_name: str = "train") -> str | None:
 
     user = user_error_in(err)
     if user is not None:
-        return str(user).strip() or type(user).__name__
+        return message_of(user)
     if isinstance(err, MissingConfigException) and err.options is not None:
         found = re.search(r"Could not find '([^']+)/([^']+)'", str(err))
         if found:

@@ -31,6 +31,16 @@ def user_error_in(err: BaseException | None) -> UserError | None:
     return None
 
 
+def message_of(user: UserError) -> str:
+    """A user error's one-line message. Raised in a DataLoader worker, it comes back wrapped in
+    the worker's traceback (``Caught UserError in DataLoader worker process 0.`` ...): the
+    message is then its last line."""
+    text = str(user).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        text = text.splitlines()[-1].partition(": ")[2].strip()
+    return text or type(user).__name__
+
+
 class Preempted(BaseException):
     """Ends a training run that was warned of its time limit or preemption, after it saved a
     checkpoint (see :mod:`lmvision.preemption`). A ``BaseException``, like ``SystemExit``: no

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
-from lmvision.errors import Preempted, UserError
+from lmvision.errors import Preempted, UserError, message_of
 from lmvision.files import read_json, write_json
 
 PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
@@ -221,7 +221,8 @@ class RunRecord:
 
     def fail(self, error: BaseException) -> None:
         """Mark run.json failed with the error; checkpoints and earlier files stay."""
-        self.update(status="failed", error=f"{type(error).__name__}: {error}",
+        text = message_of(error) if isinstance(error, UserError) else str(error)
+        self.update(status="failed", error=f"{type(error).__name__}: {text}",
                     wall_time_s=round(time.time() - self.started, 3),
                     ended_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 

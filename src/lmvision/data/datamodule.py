@@ -66,13 +66,17 @@ class ImageDataModule(pl.LightningDataModule):
     Training batches are shuffled by a sampler seeded with ``split_seed`` and the epoch, and
     each training image is augmented with a random state seeded by ``split_seed``, the epoch and
     the item, so that batches never depend on the global random state, on prefetching or on the
-    number of loader workers. A checkpoint saved mid-epoch (a preempted job) records how many
-    batches of the epoch were trained (:meth:`state_dict`): a run resumed from it continues with
-    the next batch, and ends with the weights of a run that was never stopped. Under DDP each process gets
-    its share of the training set (padded to equal length, as DDP needs) and of val/test
-    *without* padding: every item is evaluated exactly once, so metrics equal one process's.
-    Data in shards (a dataset with ``shard_of``) is served by :class:`ShardBatches` instead,
-    with the same guarantees: each process and each loader worker reads its own shards.
+    number of loader workers (shard data excepted: there each worker reads its own shards). A
+    checkpoint saved mid-epoch (a preempted job) records how many batches of the epoch were
+    trained (:meth:`state_dict`): a run resumed from it continues with the next batch, and ends
+    with the weights of a run that was never stopped. Under DDP each process gets its share of
+    the training set (padded to equal length, as DDP needs) and of val/test *without* padding:
+    every item is evaluated exactly once, so metrics equal one process's.
+    Data in shards (a dataset with ``shard_of``) is served by :class:`ShardBatches` instead:
+    each process and each loader worker reads its own shards, every training item once per
+    epoch across processes (padded likewise), every val/test item once. A checkpoint saved
+    mid-epoch records how the epoch was cut (processes, batch size and, for shards, loader
+    workers); a resume with another cut is refused, as its skipped batches would differ.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class ImageDataModule(pl.LightningDataModule):
             warnings.warn(message, SplitWarning, stacklevel=2)
         self.data_train = self.data_val = self.data_test = None
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches trained in it)
+        self._resumed_layout: dict[str, int | None] = {}  # how those batches were cut
 
     def use_raw_pixels(self, augment: bool = False) -> None:
         """Serve images as floats in [0, 1] in every split, unnormalised (a strategy that models
@@ -252,11 +257,15 @@ class ImageDataModule(pl.LightningDataModule):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         if not 0 < done < trainer.num_training_batches:
             return {}
-        return {"train_epoch": int(trainer.current_epoch), "train_batches_done": int(done)}
+        return {"train_epoch": int(trainer.current_epoch), "train_batches_done": int(done),
+                "train_processes": int(trainer.world_size),
+                "train_batch_size": self.batch_size, "train_workers": self.num_workers}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if "train_epoch" in state_dict:
             self._resume_at = (int(state_dict["train_epoch"]), int(state_dict["train_batches_done"]))
+            self._resumed_layout = {k: state_dict.get(k) for k in
+                                    ("train_processes", "train_batch_size", "train_workers")}
             # Lightning cannot see that the training sampler resumes in place, and would warn
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that "
                                     "ended before the epoch ended")
@@ -274,6 +283,8 @@ class ImageDataModule(pl.LightningDataModule):
         resume = None
         if train:  # (epoch, batches trained in it) of a run resumed mid-epoch
             resume, self._resume_at = self._resume_at, None
+            if resume is not None:
+                self._check_resumed_layout(world)
         elif world > 1 and len(data) < world:
             raise DataConfigError(f"a split of {len(data)} items cannot be shared by {world} "
                                   "processes; use more data or fewer devices")
@@ -291,6 +302,22 @@ class ImageDataModule(pl.LightningDataModule):
         sampler = self._sampler(data, world, rank, train,
                                 (resume[0], resume[1] * batch_size) if resume else None)
         return DataLoader(data, batch_size=batch_size, sampler=sampler, **common)
+
+    def _check_resumed_layout(self, world: int) -> None:
+        """A run resumed mid-epoch skips the batches already trained: that needs the batches it
+        was cut into (processes, batch size; for shards, loader workers too) to be the same."""
+        now = {"train_processes": (world, "devices x nodes"),
+               "train_batch_size": (self.batch_size, "data.batch_size")}
+        if getattr(self.dataset, "shard_of", None) is not None:
+            now["train_workers"] = (self.num_workers, "data.num_workers")
+        saved = self._resumed_layout
+        for key, (value, option) in now.items():
+            if saved.get(key) is not None and saved[key] != value:
+                raise DataConfigError(
+                    f"this checkpoint was saved mid-epoch with {option}={saved[key]} and is "
+                    f"resumed with {value}: the rest of the epoch would not be the batches it "
+                    f"skipped; resume with {option}={saved[key]}, or from a checkpoint saved at "
+                    "the end of an epoch")
 
     def _sampler(self, data: Dataset, world: int, rank: int, train: bool,
                  skip: tuple[int, int] | None) -> Sampler | None:

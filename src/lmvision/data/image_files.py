@@ -64,19 +64,29 @@ def item_with_strings(dataset, index: int, image: torch.Tensor) -> dict:
     return item
 
 
-def unreadable(path: Path) -> str | None:
-    """Why ``path`` is not a readable image (``None`` when it is)."""
-    from PIL import Image, UnidentifiedImageError
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)  # what PIL raises on a bad file
+
+
+def reason(error: BaseException) -> str:
+    """Why an image could not be decoded, in words (without PIL's object addresses)."""
+    from PIL import UnidentifiedImageError
+
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image PIL can read"
+    return f"cannot decode it ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+
+
+def unreadable(path) -> str | None:
+    """Why ``path`` (or a file object) is not a readable image (``None`` when it is)."""
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
-    except FileNotFoundError:
-        return "no such file"
-    except UnidentifiedImageError:
-        return "not an image PIL can read"
-    except (OSError, SyntaxError, ValueError) as e:
-        return f"cannot decode it ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    except DECODE_ERRORS as e:
+        return reason(e)
     return None
 
 
@@ -149,9 +159,18 @@ class ImageFilesDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        image = self.cached[index] if self.cached is not None else \
-            read_image(self.image_file(self.paths[index]), self.image_size, self.channels)
+        image = self.cached[index] if self.cached is not None else self.read(index)
         return item_with_strings(self, index, image)
+
+    def read(self, index: int) -> torch.Tensor:
+        """Item ``index``'s image, decoded; a file that cannot be (``verify=false`` let it
+        through) is one UserError naming it."""
+        locator = self.paths[index]
+        try:
+            return read_image(self.image_file(locator), self.image_size, self.channels)
+        except DECODE_ERRORS as e:
+            raise UserError(f"{locator}: {reason(e)} (data.verify=true finds such files before "
+                            "training)") from None
 
     def image_file(self, locator):
         """What PIL opens for one item: here its path (a subclass may read it elsewhere)."""

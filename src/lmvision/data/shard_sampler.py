@@ -59,7 +59,7 @@ class ShardBatches(Sampler[list]):
         n = len(self.shard_of)
         if not self.train:
             return torch.arange(self.rank * n // self.world, (self.rank + 1) * n // self.world)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(self._seed())
         shards = torch.unique(self.shard_of)
         place = torch.zeros(int(shards.max()) + 1, dtype=torch.long)
         place[shards[torch.randperm(len(shards), generator=generator)]] = torch.arange(len(shards))
@@ -74,12 +74,18 @@ class ShardBatches(Sampler[list]):
         out = []
         for worker, part in enumerate(torch.tensor_split(self.share(), self.workers)):
             if self.train:
-                generator = torch.Generator().manual_seed(
-                    ((self.seed * 1_000_003 + self.epoch) * 65_537 + self.rank) * 257 + worker)
+                generator = torch.Generator().manual_seed(self._seed(self.rank, worker))
                 part = torch.cat([w[torch.randperm(len(w), generator=generator)]
                                   for w in part.split(self.window)] or [part])
             out.append(list(part.split(self.batch_size)))
         return out
+
+    def _seed(self, *parts: int) -> int:
+        """A seed from the run's seed, the epoch and ``parts``, within torch's range."""
+        value = self.seed * 1_000_003 + self.epoch
+        for part in parts:
+            value = value * 65_537 + part
+        return value % (2**63 - 1)
 
     def __iter__(self) -> Iterator[list]:
         per_worker = self.worker_batches()

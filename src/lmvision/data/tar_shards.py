@@ -20,7 +20,9 @@ is kept per process, keyed by the files' names, sizes and modification times.
 from __future__ import annotations
 
 import glob
+import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -88,7 +90,11 @@ def shard_files(pattern: Any, option: str = "data.shards") -> list[str]:
         raise UserError(f"{option}: no shard pattern given")
     files: list[str] = []
     for given in patterns:
-        for name in expand(str(given)):
+        names = expand(str(given))
+        if not names:
+            raise UserError(f"{option}={given}: names no file (a range such as {{0003..0000}} "
+                            "runs backwards)")
+        for name in names:
             name = str(Path(name).expanduser())
             if glob.has_magic(name):
                 found = sorted(glob.glob(name))
@@ -140,64 +146,78 @@ class TarFormatError(ValueError):
 def tar_members(f) -> Iterator[tuple[str, int, int]]:
     """The regular files of an uncompressed tar file, in order: (name, data offset, size).
 
-    Reads the 512-byte headers only, seeking over the data: ustar, GNU long names and PAX
-    headers (path, size), as tar, Python's tarfile and webdataset's TarWriter write them.
-    Python's tarfile parses the same headers several times slower, which shows on shards of
-    many small members.
+    Reads the 512-byte headers only, seeking over the data: ustar (with its name prefix), GNU
+    long names and PAX headers (path, size), as tar, Python's tarfile and webdataset's
+    TarWriter write them; folders and symbolic links are passed over. Python's tarfile parses
+    the same headers several times slower, which shows on shards of many small members.
+    Raises :class:`TarFormatError` for what is not a tar file, is cut short, or holds members
+    that cannot be read by offset (sparse files, hard links).
     """
+    end = os.fstat(f.fileno()).st_size
     offset, overrides, long_name = 0, {}, None
     while True:
         f.seek(offset)
         header = f.read(512)
-        if len(header) < 512 or header.count(0) == 512:
+        if not header or header.count(0) == 512:
             if offset == 0:
-                raise TarFormatError("empty or truncated at the first header")
+                raise TarFormatError("an empty file")
+            if overrides or long_name is not None:
+                raise TarFormatError(f"cut short after the extended header before byte {offset}")
             return
-        stored = header[148:156].replace(b"\0", b" ").strip()
+        if len(header) < 512:
+            raise TarFormatError(f"cut short inside the header at byte {offset}")
         try:
-            checksum = int(stored, 8)
+            checksum = int(header[148:156].replace(b"\0", b" ").strip(), 8)
+            size_field = header[124:136]
+            size = int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80 else \
+                int(size_field.replace(b"\0", b" ").strip() or b"0", 8)  # base-256: GNU, big
         except ValueError:
             raise TarFormatError(f"no tar header at byte {offset}") from None
         if checksum != sum(header[:148]) + 256 + sum(header[156:]) and checksum != 256 + sum(
                 b - 256 if b > 127 else b for b in header[:148] + header[156:]):  # signed, old tars
             raise TarFormatError(f"bad header checksum at byte {offset}")
-        size_field = header[124:136]
-        if size_field[0] & 0x80:  # base-256 (GNU) for sizes of 8 GiB and more
-            size = int.from_bytes(size_field[1:], "big")
-        else:
-            size = int(size_field.replace(b"\0", b" ").strip() or b"0", 8)
-        kind = header[156:157]
-        data = offset + 512
-        if kind in (b"x", b"L", b"g"):
+        kind, data = header[156:157], offset + 512
+        if kind in (b"x", b"g", b"L", b"K"):  # extended headers: about the next member
             f.seek(data)
             content = f.read(size)
+            if len(content) < size:
+                raise TarFormatError(f"cut short inside the header at byte {offset}")
             if kind == b"x":
-                overrides = _pax(content)
+                overrides = _pax(content, offset)
             elif kind == b"L":
                 long_name = content.rstrip(b"\0").decode("utf-8", "replace")
         else:
             size = int(overrides.get("size", size))
+            name = overrides.get("path") or long_name
+            if name is None:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                if header[257:263] == b"ustar\0" and header[345]:  # POSIX ustar: a prefix
+                    name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace") + "/" + name
+            if kind in (b"S", b"1") or any(k.startswith("GNU.sparse") for k in overrides):
+                raise TarFormatError(f"member {name!r} is a {'hard link' if kind == b'1' else 'sparse file'}"
+                                     ", which cannot be read by offset; write it as a plain file")
             if kind in (b"0", b"\0", b"7"):
-                name = overrides.get("path") or long_name
-                if name is None:
-                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-                    if header[257:262] == b"ustar" and header[345]:
-                        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
-                        name = f"{prefix}/{name}"
+                if data + size > end:
+                    raise TarFormatError(f"cut short inside member {name!r}")
                 yield name, data, size
             overrides, long_name = {}, None
         offset = data + (size + 511) // 512 * 512
 
 
-def _pax(content: bytes) -> dict[str, str]:
+def _pax(content: bytes, offset: int) -> dict[str, str]:
     """The records of a PAX extended header: ``"<length> <key>=<value>\\n"``."""
     out, position = {}, 0
-    while position < len(content) and content[position:position + 1] != b"\0":
-        space = content.index(b" ", position)
-        length = int(content[position:space])
-        key, _, value = content[space + 1:position + length - 1].partition(b"=")
-        out[key.decode("utf-8")] = value.decode("utf-8", "replace")
-        position += length
+    try:
+        while position < len(content) and content[position:position + 1] != b"\0":
+            space = content.index(b" ", position)
+            length = int(content[position:space])
+            if length <= space - position:
+                raise ValueError(length)
+            key, _, value = content[space + 1:position + length - 1].partition(b"=")
+            out[key.decode("utf-8")] = value.decode("utf-8", "replace")
+            position += length
+    except ValueError:
+        raise TarFormatError(f"a damaged PAX header at byte {offset}") from None
     return out
 
 
@@ -205,6 +225,7 @@ def _samples(path: str, read: set[str]) -> list[tuple[str, dict[str, Any]]]:
     """The samples of one shard: (key, {extension: (offset, size)}) in order; the members whose
     extension is in ``read`` (labels, strings) are given as their content."""
     samples: list[tuple[str, dict[str, Any]]] = []
+    keys: set[str] = set()
     with open(path, "rb") as f:
         if f.read(2) == b"\x1f\x8b":
             raise UserError(f"{path}: a gzip-compressed shard; lmvision reads uncompressed .tar "
@@ -220,6 +241,11 @@ def _samples(path: str, read: set[str]) -> list[tuple[str, dict[str, Any]]]:
                                     "(WebDataset names members <key>.<field>)")
                 key = f"{folder}/{stem}" if folder else stem
                 if not samples or samples[-1][0] != key:
+                    if key in keys:
+                        raise UserError(f"{path}: the members of sample {key!r} are not "
+                                        "together (WebDataset needs a sample's members one "
+                                        "after another)")
+                    keys.add(key)
                     samples.append((key, {}))
                 fields = samples[-1][1]
                 ext = ext.lower()
@@ -230,7 +256,7 @@ def _samples(path: str, read: set[str]) -> list[tuple[str, dict[str, Any]]]:
                     fields[ext] = f.read(size)
                 else:
                     fields[ext] = (offset, size)
-        except (TarFormatError, ValueError) as e:
+        except TarFormatError as e:
             raise UserError(f"{path}: not a tar file, or a damaged one ({e})") from None
     if not samples:
         raise UserError(f"{path}: an empty shard (no members)")
@@ -277,7 +303,7 @@ def _read_index(stamp: tuple, frozen: tuple, classes: tuple | None,
     """The index (``listed``: the classes.txt stamp, so that editing it reads it again)."""
     fields = {k: list(v) if v else None for k, v in frozen}
     files = [name for _, split in stamp for name, *_ in split]
-    repeated = [f for f in files if files.count(f) > 1]
+    repeated = [f for f, n in Counter(files).items() if n > 1]
     if repeated:
         raise UserError(f"data.shards: {repeated[0]} is in more than one split")
     index = ShardIndex(files=files)
@@ -334,7 +360,7 @@ def _classes(index: ShardIndex, given: list[str] | None) -> tuple[list[str], lis
         given = [line.strip() for line in listed.read_text(encoding="utf-8").splitlines()
                  if line.strip()]
         source = str(listed)
-    numbers = all(label.isdigit() for label in index.labels)
+    numbers = all(label.isdecimal() and label.isascii() for label in index.labels)
     if given is None:
         if numbers:
             given = [str(i) for i in range(max(int(label) for label in index.labels) + 1)]

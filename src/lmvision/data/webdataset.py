@@ -1,4 +1,4 @@
-"""`webdataset`: tar shards in the WebDataset layout, for data that does not fit one disk.
+"""`webdataset`: tar shards in the WebDataset layout, the format large datasets are shipped in.
 
     lmvision-train data=webdataset "data.shards='/data/pets/train-{0000..0099}.tar'"
     lmvision-train data=webdataset \\
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,19 @@ class WebDatasetShards(ImageFilesDataset):
         self.close()
 
     def image_file(self, member: Member) -> io.BytesIO:
-        """The image member's bytes, read by offset (one open file per shard and process)."""
-        handle = self._handles.get(member.file)
-        if handle is None:
+        """The image member's bytes, read by offset with ``pread``: a file opened before the
+        loader's workers were forked is shared with them, and ``pread`` moves no file position
+        that another process could be using."""
+        fd = self._handles.get(member.file)
+        if fd is None:
             if len(self._handles) >= 16:
                 self.close()
-            handle = self._handles[member.file] = open(member.file, "rb")  # noqa: SIM115
-        handle.seek(member.offset)
-        return io.BytesIO(handle.read(member.size))
+            fd = self._handles[member.file] = os.open(member.file, os.O_RDONLY)
+        data = os.pread(fd, member.size, member.offset)
+        if len(data) < member.size:
+            raise OSError(f"the shard ends inside this member ({len(data)} of {member.size} "
+                          "bytes)")
+        return io.BytesIO(data)
 
     @property
     def split_indices(self) -> dict[str, torch.Tensor] | None:
@@ -78,8 +84,8 @@ class WebDatasetShards(ImageFilesDataset):
         return split
 
     def close(self) -> None:
-        for handle in getattr(self, "_handles", {}).values():
-            handle.close()
+        for fd in getattr(self, "_handles", {}).values():
+            os.close(fd)
         self._handles = {}
 
     def __getstate__(self) -> dict:
