@@ -332,3 +332,18 @@ def test_raw_pixels_keep_only_moves_of_pixels():
         with pytest.raises(ValueError, match=match):
             dm.use_raw_pixels(augment=True)
         dm.use_raw_pixels()  # without augmentation it is fine
+
+
+def test_batches_are_pinned_on_a_gpu_unless_told():
+    """data.pin_memory=null pins batches when the trainer runs on a CUDA GPU, not on a CPU;
+    true or false is taken as given."""
+    from types import SimpleNamespace
+
+    data = DigitsDataset(image_size=8)
+    for given, cuda, pinned in [(None, False, False), (None, True, True), (False, True, False),
+                                (True, False, True)]:
+        dm = ImageDataModule(data, num_classes=10, image_size=8, channels=1, pin_memory=given)
+        accelerator = type("CUDAAccelerator" if cuda else "CPUAccelerator", (), {})()
+        dm.trainer = SimpleNamespace(accelerator=accelerator, world_size=1, global_rank=0)
+        dm.setup("fit")
+        assert dm.val_dataloader().pin_memory is pinned

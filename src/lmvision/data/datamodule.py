@@ -53,7 +53,8 @@ class ImageDataModule(pl.LightningDataModule):
             that read text get theirs here through ``use_tokenizer``.
         max_text_length: Longest token sequence kept by the collate.
         tokenize_keys: Which string fields the collate tokenises.
-        pin_memory: Pin batches in memory (useful with a GPU).
+        pin_memory: Pin batches in memory, for faster copies to a GPU; ``None``: when the
+            trainer runs on a CUDA GPU.
         holdout_classes: Classes removed from training and validation (zero-shot evaluation):
             a list of class names, or a fraction of the classes drawn with ``split_seed``
             (keeping every part of combined classes, such as shapes' colours and shapes, seen).
@@ -98,7 +99,7 @@ class ImageDataModule(pl.LightningDataModule):
         tokenizer: Any | None = None,
         max_text_length: int = 64,
         tokenize_keys: Sequence[str] = ("text", "caption"),
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         holdout_classes: Sequence[str] | float | None = None,
         shots_per_class: int | None = None,
         shuffle_window: int = 1000,
@@ -113,7 +114,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.batch_size = _count("data.batch_size", batch_size)
         self.eval_batch_size = _count("data.eval_batch_size", eval_batch_size or batch_size)
         self.num_workers = _count("data.num_workers", num_workers, minimum=0)
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = None if pin_memory is None else bool(pin_memory)
         self.max_text_length = _count("data.max_text_length", max_text_length)
         self.split_seed = split_seed
         self.shuffle_window = _count("data.shuffle_window", shuffle_window)
@@ -291,7 +292,7 @@ class ImageDataModule(pl.LightningDataModule):
         # the loader's own generator: starting an epoch's iterator (which draws the workers'
         # base seed) leaves the global random state alone, wherever a run was resumed
         common = dict(num_workers=self.num_workers, collate_fn=self.collate,
-                      pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                      pin_memory=self._pin_memory(), persistent_workers=self.num_workers > 0,
                       generator=torch.Generator().manual_seed(self.split_seed))
         shard_of = getattr(self.dataset, "shard_of", None)
         if shard_of is not None:  # shards: each process and worker reads its own
@@ -302,6 +303,12 @@ class ImageDataModule(pl.LightningDataModule):
         sampler = self._sampler(data, world, rank, train,
                                 (resume[0], resume[1] * batch_size) if resume else None)
         return DataLoader(data, batch_size=batch_size, sampler=sampler, **common)
+
+    def _pin_memory(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        accelerator = getattr(self.trainer, "accelerator", None)
+        return type(accelerator).__name__ == "CUDAAccelerator"
 
     def _check_resumed_layout(self, world: int) -> None:
         """A run resumed mid-epoch skips the batches already trained: that needs the batches it
