@@ -67,3 +67,46 @@ def test_an_offline_run_missing_a_model_names_the_prefetch_command(make_cfg, mon
         train(make_cfg("experiment=fusion_shapes", "text_encoder=hf",
                        "text_encoder.name_or_path=some-org/not-in-the-cache", "debug=fdr",
                        "logger=csv"))
+
+
+def hub_cache_with(cache, repo: str, folder) -> str:
+    """``repo`` in a Hugging Face hub cache laid out as a download leaves it
+    (``models--org--name/snapshots/<commit>/``, ``refs/main``), its files copied from
+    ``folder``: what lmvision-prefetch leaves on a machine with network."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    base = cache / ("models--" + repo.replace("/", "--"))
+    shutil.copytree(folder, base / "snapshots" / commit)
+    (base / "refs").mkdir(parents=True)
+    (base / "refs" / "main").write_text(commit)
+    return str(base / "snapshots" / commit)
+
+
+@pytest.mark.slow
+def test_an_offline_node_runs_from_the_cache_prefetch_filled(tmp_path, tiny_causal_lm):
+    """On a node without network (HF_HUB_OFFLINE=1) a run names a model by its hub id and
+    loads it from the cache; lmvision-prefetch finds it there (its fetch call, offline, returns
+    the cached snapshot) and records it. No download happens here: the cache is filled by
+    copying a model saved here into the hub's own layout."""
+    cache = tmp_path / "hub"
+    snapshot = hub_cache_with(cache, "lmvision-test/tiny-gpt2", tiny_causal_lm)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf")}
+    args = ["experiment=captioner_shapes", "strategy.net.decoder_name=lmvision-test/tiny-gpt2",
+            "strategy.caption_tokenizer.name_or_path=lmvision-test/tiny-gpt2"]
+    manifest = tmp_path / "manifest.json"
+    result = prefetch([*args, "--manifest", str(manifest)], tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    items = json.loads(manifest.read_text())["items"]
+    assert [(i["name"], i["status"], i["detail"]) for i in items] == \
+        [("lmvision-test/tiny-gpt2", "fetched", snapshot)] * 2
+    run = tmp_path / "run"
+    trained = run_cli(["-m", "lmvision.train", *args, "data.num_images=200", "logger=csv",
+                       "debug=fdr", f"hydra.run.dir={run}"], cwd=tmp_path, env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    (cache / "models--lmvision-test--tiny-gpt2" / "refs" / "main").unlink()  # not in the cache
+    missing = run_cli(["-m", "lmvision.train", *args, "data.num_images=200", "logger=csv",
+                       "debug=fdr", f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path, env=env)
+    assert missing.returncode == 2
+    assert "lmvision-prefetch" in missing.stderr.splitlines()[-1]
