@@ -25,8 +25,8 @@ SETUPS = {  # augmentation drawn per item (digits), modality dropout drawn in th
     # tar shards, two loader workers each reading its own (the shards are written per test)
     "webdataset_workers": ["data=webdataset", "logger=csv", "data.image_size=16",
                            "data.batch_size=4", "data.num_workers=2", "backbone=small_cnn",
-                           "data.datamodule.augment=[{_target_:torchvision.transforms.v2."
-                           "RandomHorizontalFlip}]", "trainer.max_epochs=2"],
+                           ("data.datamodule.augment=[{_target_:torchvision.transforms.v2."
+                            "RandomHorizontalFlip}]"), "trainer.max_epochs=2"],
 }
 
 

@@ -291,9 +291,9 @@ class ImageDataModule(pl.LightningDataModule):
                                   "processes; use more data or fewer devices")
         # the loader's own generator: starting an epoch's iterator (which draws the workers'
         # base seed) leaves the global random state alone, wherever a run was resumed
-        common = dict(num_workers=self.num_workers, collate_fn=self.collate,
-                      pin_memory=self._pin_memory(), persistent_workers=self.num_workers > 0,
-                      generator=torch.Generator().manual_seed(self.split_seed))
+        common = {"num_workers": self.num_workers, "collate_fn": self.collate,
+                  "pin_memory": self._pin_memory(), "persistent_workers": self.num_workers > 0,
+                  "generator": torch.Generator().manual_seed(self.split_seed)}
         shard_of = getattr(self.dataset, "shard_of", None)
         if shard_of is not None:  # shards: each process and worker reads its own
             batches = ShardBatches(shard_of[data.indices], batch_size, self.num_workers, rank,

@@ -130,15 +130,15 @@ class ImageFilesDataset(Dataset):
         if verify:
             keep = []
             for i, path in enumerate(paths):
-                reason = unreadable(self.image_file(path))
-                if reason is None:
+                why = unreadable(self.image_file(path))
+                if why is None:
                     keep.append(i)
                     continue
                 named = f"{where[i]}: {path}" if where else str(path)
                 if on_bad_item == "error":
-                    raise UserError(f"{named}: {reason} (data.on_bad_item=skip leaves such "
+                    raise UserError(f"{named}: {why} (data.on_bad_item=skip leaves such "
                                     "files out)")
-                self.skipped.append({"file": str(path), "reason": reason})
+                self.skipped.append({"file": str(path), "reason": why})
         if not keep:
             raise UserError(f"{source}: no readable image in it")
         self.kept = keep  # positions in the given lists of the items served
