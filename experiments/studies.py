@@ -61,6 +61,8 @@ def environment_line() -> str:
     versions = package_versions()
     packages = ", ".join(f"{name} {versions.get(name)}" for name in PACKAGES)
     git = git_info()
+    if not git["commit"] and os.environ.get("LMVISION_COMMIT"):  # a copied tree, e.g. on a GPU machine
+        git = {"commit": os.environ["LMVISION_COMMIT"], "dirty": False}
     commit = "no git checkout" if not git["commit"] else (
         f"commit {git['commit'][:10]}" + (" with uncommitted changes" if git["dirty"] else ""))
     return (f"Measured on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {cores} CPU cores "

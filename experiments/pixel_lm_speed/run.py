@@ -19,8 +19,14 @@ median of three runs after a warm-up run (one run for batch 64 without the cache
 trained size above and, batch 1 only, for larger ones (dim 256 and 512, depth 8): the cache
 saves compute, which grows with the model and the sequence, while a cached step at batch 1 is a
 matrix-vector product per weight, bound by reading the weights and by dispatch cost.
-On a GPU, also tokens/s and model FLOPs utilisation (MFU) of a GPT of about 100 M parameters in
-bf16 (FLOPs per token 6N + 12·L·T·d, as in the PaLM appendix; peak from ``--peak-tflops``).
+On a GPU, also tokens/s and model FLOPs utilisation (MFU) of GPTs of about 100 M parameters
+(dim 768 x 14 blocks, and dim 1024 x 8 blocks) in bf16 autocast with fused AdamW, eager and
+under ``torch.compile``, at batch 64 and 128 images (16k and 33k tokens a step). FLOPs per
+token are 6N + 12·L·T·d (N all parameters, L blocks, T = 256 tokens, d the width: the PaLM
+appendix's count, attention not halved for causality); MFU divides the FLOPs done per second by
+the card's dense bf16 peak (989 TFLOPS for an H100/H200 SXM, or ``--peak-tflops``). The
+ceiling a large bf16 matrix product reaches on the same card is measured and printed beside
+it. GPU results go to the README's own GPU section, so the CPU table stays.
 """
 
 from __future__ import annotations
@@ -46,9 +52,10 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_rate(model, forward, batch: int, steps: int, device: str, dtype=None) -> float:
+def train_rate(model, forward, batch: int, steps: int, device: str, dtype=None,
+               fused: bool = False) -> float:
     """Pixel tokens per second of forward + backward + AdamW steps (median step time)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if fused else {}))
     tokens = torch.randint(COLORS, (batch, PIXELS), device=device)
 
     def step() -> None:
@@ -78,9 +85,11 @@ def hugging_face(dim, depth, heads, attention, device):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=COLORS + 1, n_positions=PIXELS, n_embd=dim, n_layer=depth,
-                        n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-    model = GPT2LMHeadModel(config, attn_implementation=attention).to(device) \
-        if _takes_attn(GPT2LMHeadModel) else GPT2LMHeadModel(config).to(device)
+                        n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        attn_implementation=attention)
+    model = GPT2LMHeadModel(config).to(device)
+    if model.config._attn_implementation != attention:  # never time one attention under another's name
+        raise RuntimeError(f"transformers gave {model.config._attn_implementation} attention")
     bos = torch.full((1, 1), COLORS, device=device)
 
     def forward(tokens):
@@ -88,12 +97,6 @@ def hugging_face(dim, depth, heads, attention, device):
         return model(input_ids=ids).logits[..., :COLORS]
 
     return model, forward
-
-
-def _takes_attn(cls) -> bool:
-    import inspect
-
-    return "attn_implementation" in inspect.signature(cls.__init__).parameters
 
 
 def sampling_seconds(model, batch: int, use_cache: bool, device: str, repeats: int) -> float:
@@ -108,6 +111,51 @@ def sampling_seconds(model, batch: int, use_cache: bool, device: str, repeats: i
     return studies.median_seconds(sample, repeats, warmup=1)
 
 
+# about 100 M parameters, deep and narrow or shallow and wide: (batch, torch.compile) runs of each
+MFU_RUNS = {(768, 14, 12): [(64, False), (128, False), (128, True)],
+            (1024, 8, 16): [(128, False), (128, True)]}
+
+
+def matmul_tflops(device: str, n: int = 8192) -> float:
+    """bf16 TFLOP/s of an n x n x n matrix product (median of 5 timings of 10 products): the
+    ceiling the card reaches here, measured beside the MFU."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+
+    def ten() -> None:
+        for _ in range(10):
+            a @ b
+        sync(device)
+
+    return 10 * 2 * n ** 3 / studies.median_seconds(ten, 5, warmup=1) / 1e12
+
+
+def mfu_rows(device: str, runs: dict, steps: int, peak: float) -> list[dict]:
+    """Training tokens/s and MFU of each model size x (batch, compiled), bf16 autocast and fused
+    AdamW; a run that fails (out of memory, no compiler) is reported, not hidden."""
+    rows = []
+    for (dim, depth, heads), model_runs in runs.items():
+        for batch, compiled in model_runs:
+            torch._dynamo.reset()  # each compiled run traces its own shapes afresh
+            row = {"dim": dim, "depth": depth, "batch": batch, "compiled": compiled}
+            model = forward = step = None
+            try:
+                model, forward = own(dim, depth, heads, "sdpa", device)
+                row["params"] = sum(p.numel() for p in model.parameters())
+                step = torch.compile(forward) if compiled else forward
+                rate = train_rate(model, step, batch, steps, device, dtype=torch.bfloat16, fused=True)
+                flops = 6 * row["params"] + 12 * depth * PIXELS * dim  # per token
+                row.update(tokens_per_s=rate, tflops=rate * flops / 1e12, mfu=rate * flops / peak)
+            except Exception as err:  # noqa: BLE001 - reported in the table
+                row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            finally:
+                model = forward = step = None
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+            rows.append(row)
+            print(f"MFU {row}", flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=128)
@@ -117,6 +165,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="GPU bf16 dense peak for MFU (default: H100/H200 SXM 989)")
+    parser.add_argument("--mfu-only", action="store_true", help="only the GPU MFU table")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
@@ -125,14 +174,66 @@ def main() -> int:
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = (args.dim, args.depth, args.heads)
+    lines = [f"{studies.environment_line()} Command: `python experiments/pixel_lm_speed/run.py "
+             f"{' '.join(sys.argv[1:])}`.", ""]
+    gpu_lines = ["- No GPU on this machine: no bf16 / MFU figures (run the script on one)."]
+    if device == "cuda" or args.quick:  # first, as the part only a GPU gives; --quick: a toy model
+        peak = (args.peak_tflops or 989.0) * 1e12
+        ceiling = matmul_tflops(device, 256 if args.quick else 8192)
+        print(f"bf16 matrix product: {ceiling:.0f} TFLOP/s", flush=True)
+        runs = {(32, 2, 4): [(4, False), (4, True)]} if args.quick else MFU_RUNS
+        rows = mfu_rows(device, runs, 2 if args.quick else max(args.steps, 20), peak)
+        gpu_lines = mfu_table(rows, peak, ceiling)
+    speedups = {}
+    if not args.mfu_only:
+        table, speedups = speed_tables(args, size, device)
+        lines += table
+    lines += gpu_lines
+    text = "\n".join(lines)
+    print(text)
+    if args.write_readme:
+        studies.write_results(HERE / "README.md", text, "gpu" if device == "cuda" else "results")
+    return 0 if all(x >= 5 for x in speedups.values()) else 1
 
+
+def mfu_table(rows: list[dict], peak: float, ceiling: float) -> list[str]:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    out = [f"Training a ~100 M-parameter PixelGPT on {device}: bf16 autocast, fused AdamW, "
+           f"256 tokens per image, median of the timed steps. MFU = model FLOPs per second / "
+           f"{peak / 1e12:.0f} TFLOPS (dense bf16 peak); a bf16 8192³ matrix product reaches "
+           f"{ceiling:.0f} TFLOP/s on this card.", "",
+           "| model | parameters | batch (images) | torch.compile | tokens / s | TFLOP/s | MFU |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = f"dim {r['dim']}, depth {r['depth']}"
+        params = f"{r['params'] / 1e6:.0f} M" if "params" in r else "—"
+        if "error" in r:
+            out.append(f"| {name} | {params} | {r['batch']} | {r['compiled']} | fails: "
+                       f"{r['error']} | — | — |")
+        else:
+            out.append(f"| {name} | {params} | {r['batch']} | {'yes' if r['compiled'] else 'no'} | "
+                       f"{r['tokens_per_s']:,.0f} | {r['tflops']:.0f} | {100 * r['mfu']:.1f} % |")
+    done = [r for r in rows if "mfu" in r]
+    if done:
+        best = max(done, key=lambda r: r["mfu"])
+        out += ["", f"- {'PASS' if best['mfu'] >= 0.4 else 'FAIL'}: MFU ≥ 40 % for a ~100 M GPT in "
+                f"bf16: best {100 * best['mfu']:.1f} % (dim {best['dim']}, depth {best['depth']}, "
+                f"batch {best['batch']}, compiled {'yes' if best['compiled'] else 'no'})"]
+    return out
+
+
+def speed_tables(args, size, device) -> tuple[list[str], dict]:
+    """The training-throughput and sampling tables, and the batch-1 KV-cache speed-ups."""
     rates: dict[str, float | str] = {}
     kinds = [("PixelGPT, sdpa", own, "sdpa"), ("PixelGPT, naive", own, "naive"),
              ("HF GPT-2, sdpa", hugging_face, "sdpa"), ("HF GPT-2, eager", hugging_face, "eager")]
     for name, build, attention in kinds[::2] if args.quick else kinds:  # quick: one of each
-        model, forward = build(*size, attention, device)
-        rates[name] = train_rate(model, forward, args.batch, args.steps, device)
-        print(f"{name:28s} {rates[name]:>12,.0f} tokens/s", flush=True)
+        try:
+            model, forward = build(*size, attention, device)
+            rates[name] = train_rate(model, forward, args.batch, args.steps, device)
+        except Exception as err:  # noqa: BLE001 - reported, not hidden
+            rates[name] = f"fails here ({type(err).__name__}: {str(err).splitlines()[0][:80]})"
+        print(f"{name:28s} {rates[name]}", flush=True)
     try:
         if args.quick:
             raise RuntimeError("not timed with --quick")
@@ -145,7 +246,7 @@ def main() -> int:
     print(f"{'PixelGPT, sdpa, torch.compile':28s} {rates['PixelGPT, sdpa, torch.compile']}", flush=True)
 
     sampling = {}
-    sizes = [size, *([(32, 2, 4)] if args.quick else [(256, 8, 8), (512, 8, 8)])]
+    sizes = [size, *([(48, 2, 4)] if args.quick else [(256, 8, 8), (512, 8, 8)])]
     batches = (1, 4) if args.quick else (1, 64)
     for dim, depth, heads in sizes:
         sampler, _ = own(dim, depth, heads, "sdpa", device)
@@ -157,27 +258,17 @@ def main() -> int:
                 print(f"sampling dim {dim} depth {depth}, batch {batch:3d}, KV cache "
                       f"{use_cache!s:5s}: {sampling[key]:.2f} s", flush=True)
 
-    gpu_lines = ["- No GPU on this machine: no bf16 / MFU figures (run the script on one)."]
-    if device == "cuda":
-        dim, depth, heads = 768, 14, 12  # ~100 M parameters
-        model, forward = own(dim, depth, heads, "sdpa", device)
-        params = sum(p.numel() for p in model.parameters())
-        rate = train_rate(model, forward, 64, args.steps, device, dtype=torch.bfloat16)
-        flops = 6 * params + 12 * depth * (PIXELS + 1) * dim
-        peak = (args.peak_tflops or 989.0) * 1e12
-        mfu = rate * flops / peak
-        gpu_lines = [f"- GPU {torch.cuda.get_device_name(0)}: PixelGPT with {params / 1e6:.0f} M "
-                     f"parameters (dim {dim}, depth {depth}), bf16 autocast, batch 64: "
-                     f"{rate:,.0f} tokens/s, MFU {100 * mfu:.1f} % of {peak / 1e12:.0f} TFLOPS"]
-
     own_rate, hf_rate = rates["PixelGPT, sdpa"], rates["HF GPT-2, sdpa"]
     speedups = {(d, l): sampling[(d, l, 1, False)] / sampling[(d, l, 1, True)] for d, l, _ in sizes}
     rows = [f"| {name} | {rate:,.0f} | {rate / own_rate:.2f} |" if isinstance(rate, float)
             else f"| {name} | {rate} | — |" for name, rate in rates.items()]
+    compare = (f"- choice: lmvision's PixelGPT ({own_rate:,.0f} tokens/s) "
+               f"{'is' if own_rate >= hf_rate else 'is NOT'} at least as fast as Hugging Face "
+               f"GPT-2 ({hf_rate:,.0f} tokens/s) here") \
+        if isinstance(hf_rate, float) else f"- Hugging Face GPT-2: {hf_rate}"
     lines = [
-        f"{studies.environment_line()} Model: dim {args.dim}, depth {args.depth}, heads "
-        f"{args.heads}; batch {args.batch} images of 256 pixel tokens; median of {args.steps} "
-        f"steps. Command: `python experiments/pixel_lm_speed/run.py --write-readme`.", "",
+        f"Model: dim {args.dim}, depth {args.depth}, heads {args.heads}; batch {args.batch} "
+        f"images of 256 pixel tokens, float32; median of {args.steps} steps.", "",
         "| training (forward + backward + AdamW) | pixel tokens / s | vs PixelGPT sdpa |",
         "|---|---|---|", *rows, "",
         "| sampling 256-token images (greedy) | with KV cache | without | speed-up |",
@@ -186,18 +277,10 @@ def main() -> int:
           f"{sampling[(d, l, b, False)]:.2f} s | "
           f"{sampling[(d, l, b, False)] / sampling[(d, l, b, True)]:.1f}× |"
           for d, l, _ in sizes for b in batches if (d, l, b, True) in sampling], "",
-        *gpu_lines, "",
         *[f"- {'PASS' if x >= 5 else 'FAIL'}: dim {d}, depth {l}: sampling with the KV cache "
           f"≥ 5× faster than without, batch 1 ({x:.1f}×)" for (d, l), x in speedups.items()],
-        f"- choice: lmvision's PixelGPT ({own_rate:,.0f} tokens/s) "
-        f"{'is' if own_rate >= hf_rate else 'is NOT'} at least as fast as Hugging Face GPT-2 "
-        f"({hf_rate:,.0f} tokens/s) here",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write_readme:
-        studies.write_results(HERE / "README.md", text)
-    return 0 if all(x >= 5 for x in speedups.values()) else 1
+        compare, ""]
+    return lines, speedups
 
 
 if __name__ == "__main__":
