@@ -61,7 +61,7 @@ def environment_line() -> str:
     versions = package_versions()
     packages = ", ".join(f"{name} {versions.get(name)}" for name in PACKAGES)
     git = git_info()
-    if not git["commit"] and os.environ.get("LMVISION_COMMIT"):  # a copied tree, e.g. on a GPU machine
+    if os.environ.get("LMVISION_COMMIT"):  # a copied tree (a GPU machine): its .git may be stale
         git = {"commit": os.environ["LMVISION_COMMIT"], "dirty": False}
     commit = "no git checkout" if not git["commit"] else (
         f"commit {git['commit'][:10]}" + (" with uncommitted changes" if git["dirty"] else ""))

@@ -12,7 +12,7 @@ import torch
 
 from lmvision.errors import UserError
 from lmvision.nn.palette import PaletteQuantizer
-from lmvision.nn.pixel_gpt import PixelGPT
+from lmvision.nn.pixel_gpt import KVCache, PixelGPT
 from lmvision.strategies.probe import fit_probes, probe_accuracies
 from lmvision.train import train
 
@@ -96,6 +96,34 @@ def test_cached_and_uncached_sampling_give_the_same_tokens(attention):
     a = gpt.generate(prefix, generator=torch.Generator().manual_seed(1), top_k=5, top_p=0.9)
     b = gpt.generate(prefix, generator=torch.Generator().manual_seed(1), top_k=5, top_p=0.9)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "naive"])
+def test_each_cached_step_gives_the_logits_of_the_full_pass(attention):
+    gpt = tiny_gpt(attention, num_classes=2)
+    pixels = torch.randint(12, (2, 36))
+    prefix = gpt.prefix(torch.tensor([1, -1]))
+    full = gpt.pixel_logits(prefix, pixels)  # (B, 36, V): logit i predicts pixel i
+    ids = gpt.inputs(prefix, pixels)
+    p = prefix.shape[1]
+    with torch.inference_mode():
+        cache = KVCache(gpt.depth, 2, gpt.heads, gpt.max_length, gpt.dim // gpt.heads,
+                        torch.device("cpu"), torch.float32)
+        assert torch.allclose(gpt(ids[:, :p + 1], cache, 0)[:, -1], full[:, 0], atol=1e-5)
+        for i in range(1, 36):  # one token at a time, each attending to the cache
+            logits = gpt.step(ids[:, p + i], torch.tensor([p + i]), cache)
+            assert torch.allclose(logits, full[:, i], atol=1e-5), i
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_cuda_graph_step_samples_what_the_eager_step_samples():
+    gpt = tiny_gpt("sdpa", num_classes=2).cuda()
+    prefix = gpt.prefix(torch.tensor([1, -1, 0], device="cuda"))
+    known = torch.randint(12, (3, 10), device="cuda")
+    graphed = gpt.generate(prefix, known=known, greedy=True)
+    assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+    gpt.train()  # the eager step (no graph) is used in training mode
+    assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True))
 
 
 def test_the_probe_picks_the_informative_layer_on_validation():

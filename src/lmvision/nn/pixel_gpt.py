@@ -9,8 +9,12 @@ last means "no class"), then the caption tokenizer's vocabulary.
 
 Attention is ``torch.nn.functional.scaled_dot_product_attention`` (``attention="sdpa"``) or the
 textbook softmax(QKᵀ/√d)V (``attention="naive"``, kept for the speed study and tests). Sampling
-with the KV cache feeds one token per step and attends to cached keys and values; without it,
-every step re-reads the whole sequence. Both give the same tokens.
+with the KV cache reads the conditions and known pixels in one pass, then feeds one token per
+step (:meth:`PixelGPT.step`), which writes its keys and values into the cache at its position
+and attends to the whole cache through a mask. Every step has the same shapes, so on a CUDA
+device the step is captured once as a CUDA graph and replayed per token (a step of a small
+model is otherwise dozens of kernel launches for little arithmetic). Without the cache, every
+step re-reads the whole sequence. Both give the same tokens.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class KVCache:
         shape = (batch, heads, length, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.slots = torch.arange(length, device=device)  # the cache's positions, for the mask
 
 
 class Block(nn.Module):
@@ -63,6 +68,26 @@ class Block(nn.Module):
         out = self._attend(q, k, v, start)  # (B, h, L, hd)
         x = x + self.drop(self.proj(out.transpose(1, 2).reshape(b, length, dim)))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    def step(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
+             mask: torch.Tensor) -> torch.Tensor:
+        """One token per sequence, ``x`` (B, 1, dim), at ``position`` (a (1,) tensor): its key
+        and value go into the cache there, and it attends to the cache where ``mask`` (1, T)
+        allows (positions up to its own). Shapes never change, so a CUDA graph can replay it."""
+        b, _, dim = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, 1, 3, self.heads, dim // self.heads) \
+            .permute(2, 0, 3, 1, 4)  # 3 x (B, h, 1, hd)
+        keys, values = cache.keys[layer], cache.values[layer]
+        keys.index_copy_(2, position, k.to(keys.dtype))
+        values.index_copy_(2, position, v.to(values.dtype))
+        if self.attention == "sdpa":
+            out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
+                                                 attn_mask=mask)
+        else:
+            scores = (q @ keys.to(q.dtype).transpose(-2, -1) / math.sqrt(q.shape[-1]))
+            out = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ values.to(q.dtype)
+        x = x + self.proj(out.transpose(1, 2).reshape(b, 1, dim))
+        return x + self.mlp(self.norm2(x))
 
     def _attend(self, q, k, v, start: int) -> torch.Tensor:
         length, total = q.shape[2], k.shape[2]
@@ -212,10 +237,10 @@ class PixelGPT(nn.Module):
             return pixels
         ids = self.inputs(prefix, pixels)  # (B, P + N)
         first = prefix.shape[1] + n_known  # the position whose output predicts pixel n_known
-        cache = None
         if use_cache:
             cache = KVCache(self.depth, b, self.heads, self.max_length, self.dim // self.heads,
                             device, self.position.dtype)
+            step = self._stepper(cache, b, device)  # before the pass below: it writes the cache
             logits = self(ids[:, :first + 1], cache, 0)[:, -1]
         for i in range(n_known, self.num_pixels):
             position = prefix.shape[1] + i
@@ -226,5 +251,48 @@ class PixelGPT(nn.Module):
             if i + 1 < self.num_pixels:
                 ids[:, position + 1] = token
                 if use_cache:
-                    logits = self(token.unsqueeze(1), cache, position + 1)[:, -1]
+                    logits = step(token, position + 1)
         return pixels
+
+    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) of the token after ``token`` (B,), which sits at ``position`` (a (1,)
+        tensor); its keys and values go into ``cache``, which holds those of every earlier
+        position."""
+        x = self.embed(token.unsqueeze(1)) + self.position.index_select(0, position)
+        mask = (cache.slots <= position).unsqueeze(0)  # (1, T): this position and the ones before
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, cache, i, position, mask)
+        return self.head(self.norm(x))[:, -1]
+
+    def _stepper(self, cache: KVCache, batch: int, device: torch.device):
+        """``(token, position) -> logits``: :meth:`step`, replayed as a CUDA graph on a CUDA
+        device. It runs the step (twice to warm up, once to capture) and so writes into the
+        cache at position 0: call it before the cache is filled."""
+        token = torch.zeros(batch, dtype=torch.long, device=device)
+        position = torch.zeros(1, dtype=torch.long, device=device)
+        if device.type != "cuda" or self.training:
+            def eager(new: torch.Tensor, at: int) -> torch.Tensor:
+                position.fill_(at)
+                return self.step(new, position, cache)
+
+            return eager
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        # full precision: autocast's weight cache must not be captured (the graph is replayed
+        # whatever autocast says when it is)
+        with torch.autocast("cuda", enabled=False):
+            with torch.cuda.stream(stream):  # warm-up (lazy initialisation) outside the capture
+                for _ in range(2):
+                    self.step(token, position, cache)
+            torch.cuda.current_stream(device).wait_stream(stream)
+            with torch.cuda.graph(graph):
+                logits = self.step(token, position, cache)
+
+        def replay(new: torch.Tensor, at: int) -> torch.Tensor:
+            token.copy_(new)
+            position.fill_(at)
+            graph.replay()
+            return logits  # overwritten by the next replay: read it before
+
+        return replay

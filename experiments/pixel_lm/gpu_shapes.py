@@ -1,0 +1,132 @@
+"""Pixel-LM study, shapes part, on a GPU: the same data, judge and experiment as ``run.py``, with
+a larger model trained for longer than 2 CPU cores allow. Writes the README's GPU section.
+
+    python experiments/pixel_lm/gpu_shapes.py --write-readme      # ~5 min on one H100
+
+Runs (`python -m lmvision.train`, CSV logger, `trainer=gpu` in bf16-mixed):
+
+* the judge, `strategy=image_classifier` on the shapes images of `run.py` (its test accuracy
+  is the CNN baseline);
+* `experiment=pixel_lm_shapes` with `strategy.net.dim/depth/heads`, `data.batch_size`,
+  `optimizer.lr` and `trainer.max_epochs` from the options below, and a wall-clock cap
+  (`trainer.max_time`, so the run ends inside a lease; the checkpoint with the best
+  `val/bits_per_dim` is then tested, probed and scored, as in every run), scored by the judge
+  (`gen/acc`, `gen/acc_caption`).
+
+``--out DIR`` also copies the results JSON and the sample grids there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from lmvision.files import write_json
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
+
+SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "data.noise=0",
+          "logger=csv"]
+GPU = ["trainer=gpu", "trainer.precision=bf16-mixed"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=120)
+    parser.add_argument("--max-minutes", type=float, default=3.5, help="cap on training time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script on a CPU: 300 images, 1 epoch, a small model")
+    args = parser.parse_args()
+    shapes, trainer, lm_data = SHAPES, GPU, []
+    if args.smoke:
+        lm_data = ["data.num_images=300"]
+        shapes, trainer = [*SHAPES, *lm_data], ["trainer=cpu"]
+        args.dim, args.depth, args.heads, args.epochs = 32, 2, 2, 1
+    seconds = int(args.max_minutes * 60)
+    cap = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
+    lm_overrides = ["experiment=pixel_lm_shapes", *trainer, *lm_data, f"strategy.net.dim={args.dim}",
+                    f"strategy.net.depth={args.depth}", f"strategy.net.heads={args.heads}",
+                    f"data.batch_size={args.batch}", f"optimizer.lr={args.lr}",
+                    f"trainer.max_epochs={args.epochs}", f"+trainer.max_time={cap}",
+                    f"seed={args.seed}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        judge_dir, lm_dir = Path(tmp) / "judge", Path(tmp) / "lm"
+        judge = studies.train([*shapes, "strategy=image_classifier", *trainer, f"seed={args.seed}"],
+                              judge_dir)
+        print(f"judge: test/acc {judge['test/acc']:.4f} ({judge['fit_seconds']:.0f} s)", flush=True)
+        lm = studies.train([*lm_overrides,
+                            f"strategy.gen_classifier={judge_dir / 'checkpoints' / 'last.ckpt'}"],
+                           lm_dir)
+        epochs = _epochs(lm_dir)
+        pngs = sorted((lm_dir / "figures").glob("samples_*.png"))
+        for png in pngs:
+            if args.write_readme:
+                shutil.copy(png, HERE / f"gpu_shapes_{png.name}")
+            if args.out:
+                shutil.copy(png, args.out / f"gpu_shapes_{png.name}")
+
+    gap = 100 * (lm["probe/acc_best"] - lm["probe/acc_random_init"])
+    checks = {
+        f"shapes: probe/acc_best − probe/acc_random_init ≥ 10 points ({gap:+.1f})": gap >= 10,
+        f"shapes: class-conditioned gen/acc ≥ 0.8 ({lm['gen/acc']:.4f}; caption-conditioned "
+        f"{lm['gen/acc_caption']:.4f})": lm["gen/acc"] >= 0.8,
+    }
+    layers = sorted((k for k in lm if k.startswith("probe/acc_layer_")),
+                    key=lambda k: int(k.rsplit("_", 1)[1]))
+    command = " ".join(sys.argv[1:])
+    lines = [
+        f"{studies.environment_line()} Seed {args.seed}. Command: `python "
+        f"experiments/pixel_lm/gpu_shapes.py {command}`.", "",
+        f"Model: dim {args.dim}, depth {args.depth}, heads {args.heads}; batch {args.batch}, lr "
+        f"{args.lr}, up to {args.epochs} epochs or {args.max_minutes:g} min of training "
+        f"(trained {epochs} epochs in {lm['fit_seconds']:.0f} s; the checkpoint with the best "
+        f"val/bits_per_dim is tested).", "",
+        "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
+        "| CNN (judge) | test bits/dim | gen/acc (class) | gen/acc (caption) |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| shapes | {lm['probe/acc_best']:.4f} (block {lm['probe/best_layer']:.0f}) | "
+        f"{lm['probe/acc_random_init']:.4f} | {lm['probe/acc_pixels']:.4f} | "
+        f"{judge['test/acc']:.4f} | {lm['test/bits_per_dim']:.3f} | {lm['gen/acc']:.4f} | "
+        f"{lm['gen/acc_caption']:.4f} |", "",
+        "Probe test accuracy by block: " + ", ".join(
+            f"{k.rsplit('_', 1)[1]}: {lm[k]:.4f}" for k in layers) + ".", "",
+        "Sample grids of the last validation epoch: `gpu_shapes_samples_*.png` beside this README.",
+        "", *[f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()],
+    ]
+    text = "\n".join(lines)
+    print(text)
+    results = {"judge": judge, "pixel_lm": lm, "overrides": lm_overrides}
+    if args.out:
+        write_json(args.out / "gpu_shapes.json", results)
+    if args.write_readme:
+        studies.write_results(HERE / "README.md", text, "gpu")
+        write_json(HERE / "results_gpu_shapes.json", results)
+    return 0 if all(checks.values()) else 1
+
+
+def _epochs(run_dir: Path) -> int:
+    """Epochs trained: the epochs with a validation row in the CSV log."""
+    import csv
+
+    seen = set()
+    for path in run_dir.glob("csv/**/metrics.csv"):
+        with open(path) as f:
+            seen |= {row["epoch"] for row in csv.DictReader(f) if row.get("val/bits_per_dim")}
+    return len(seen)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
