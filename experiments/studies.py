@@ -22,19 +22,28 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics")  # named in environment_line()
 
 
-def train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None) -> dict:
+def train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None,
+          log: Path | None = None) -> dict:
     """Train in a subprocess exactly as a user would; return metrics plus timings of run.json.
-    ``env`` adds environment variables (e.g. ``OMP_NUM_THREADS`` for runs side by side)."""
+    ``env`` adds environment variables (e.g. ``OMP_NUM_THREADS`` for runs side by side);
+    ``log`` keeps the run's output in that file as it goes (e.g. where a time limit may kill
+    the study)."""
     cmd = [sys.executable, "-m", "lmvision.train", *overrides, f"hydra.run.dir={run_dir}",
            "callbacks.progress_bar.refresh_rate=0"]
-    done = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
+    env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
+    if log is None:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        stdout, stderr = done.stdout, done.stderr
+    else:
+        with open(log, "w") as out:
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        stdout = stderr = Path(log).read_text()
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     record = json.loads((run_dir / "run.json").read_text())
     return {**metrics, "fit_seconds": record["fit_seconds"], "wall_time_s": record["wall_time_s"],
-            "last_lines": done.stdout.strip().splitlines()[-2:]}
+            "last_lines": stdout.strip().splitlines()[-2:]}
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 4) -> str:

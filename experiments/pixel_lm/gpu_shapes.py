@@ -57,19 +57,20 @@ def main() -> int:
         args.dim, args.depth, args.heads, args.epochs = 32, 2, 2, 1
     seconds = int(args.max_minutes * 60)
     cap = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
-    lm_overrides = ["experiment=pixel_lm_shapes", *trainer, *lm_data, f"strategy.net.dim={args.dim}",
-                    f"strategy.net.depth={args.depth}", f"strategy.net.heads={args.heads}",
+    lm_overrides = ["experiment=pixel_lm_shapes", "logger=csv", *trainer, *lm_data,
+                    f"strategy.net.dim={args.dim}", f"strategy.net.depth={args.depth}", f"strategy.net.heads={args.heads}",
                     f"data.batch_size={args.batch}", f"optimizer.lr={args.lr}",
                     f"trainer.max_epochs={args.epochs}", f"+trainer.max_time={cap}",
                     f"seed={args.seed}"]
     with tempfile.TemporaryDirectory() as tmp:
         judge_dir, lm_dir = Path(tmp) / "judge", Path(tmp) / "lm"
-        judge = studies.train([*shapes, "strategy=image_classifier", *trainer, f"seed={args.seed}"],
-                              judge_dir)
+        # the judge reads no text: the scratch text encoder keeps it off the packaged MiniLM
+        judge = studies.train([*shapes, "strategy=image_classifier", "text_encoder=scratch",
+                               *trainer, f"seed={args.seed}"], judge_dir)
         print(f"judge: test/acc {judge['test/acc']:.4f} ({judge['fit_seconds']:.0f} s)", flush=True)
         lm = studies.train([*lm_overrides,
                             f"strategy.gen_classifier={judge_dir / 'checkpoints' / 'last.ckpt'}"],
-                           lm_dir)
+                           lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
         epochs = _epochs(lm_dir)
         pngs = sorted((lm_dir / "figures").glob("samples_*.png"))
         for png in pngs:
