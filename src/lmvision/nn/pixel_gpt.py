@@ -20,6 +20,7 @@ step re-reads the whole sequence. Both give the same tokens.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -249,9 +250,10 @@ class PixelGPT(nn.Module):
             token = pick(logits, temperature, top_k, top_p, greedy, generator)
             pixels[:, i] = token
             if i + 1 < self.num_pixels:
-                ids[:, position + 1] = token
                 if use_cache:
                     logits = step(token, position + 1)
+                else:
+                    ids[:, position + 1] = token
         return pixels
 
     def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -270,24 +272,30 @@ class PixelGPT(nn.Module):
         cache at position 0: call it before the cache is filled."""
         token = torch.zeros(batch, dtype=torch.long, device=device)
         position = torch.zeros(1, dtype=torch.long, device=device)
-        if device.type != "cuda" or self.training:
-            def eager(new: torch.Tensor, at: int) -> torch.Tensor:
-                position.fill_(at)
-                return self.step(new, position, cache)
 
+        def eager(new: torch.Tensor, at: int) -> torch.Tensor:
+            position.fill_(at)
+            return self.step(new, position, cache)
+
+        if device.type != "cuda" or self.training:
             return eager
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         # full precision: autocast's weight cache must not be captured (the graph is replayed
-        # whatever autocast says when it is)
-        with torch.autocast("cuda", enabled=False):
-            with torch.cuda.stream(stream):  # warm-up (lazy initialisation) outside the capture
-                for _ in range(2):
-                    self.step(token, position, cache)
-            torch.cuda.current_stream(device).wait_stream(stream)
-            with torch.cuda.graph(graph):
-                logits = self.step(token, position, cache)
+        # whatever autocast says when it is). thread_local: a loader's pin-memory thread may
+        # allocate while this thread captures.
+        try:
+            with torch.autocast("cuda", enabled=False):
+                with torch.cuda.stream(stream):  # warm-up (lazy initialisation) outside the capture
+                    for _ in range(2):
+                        self.step(token, position, cache)
+                torch.cuda.current_stream(device).wait_stream(stream)
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    logits = self.step(token, position, cache)
+        except RuntimeError as err:  # an optimisation only: sample step by step instead
+            warnings.warn(f"PixelGPT: sampling without a CUDA graph ({err})", stacklevel=3)
+            return eager
 
         def replay(new: torch.Tensor, at: int) -> torch.Tensor:
             token.copy_(new)
