@@ -111,8 +111,11 @@ def test_each_cached_step_gives_the_logits_of_the_full_pass(attention):
                         torch.device("cpu"), torch.float32)
         assert torch.allclose(gpt(ids[:, :p + 1], cache, 0)[:, -1], full[:, 0], atol=1e-5)
         for i in range(1, 36):  # one token at a time, each attending to the cache
-            logits = gpt.step(ids[:, p + i], torch.tensor([p + i]), cache)
-            assert torch.allclose(logits, full[:, i], atol=1e-5), i
+            position = torch.tensor([p + i])
+            masked = gpt.step(ids[:, p + i], position, cache)  # the whole cache, masked
+            sliced = gpt.step(ids[:, p + i], position, cache, p + i)  # the slots up to p + i
+            assert torch.allclose(masked, full[:, i], atol=1e-5), i
+            assert torch.allclose(sliced, full[:, i], atol=1e-5), i
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

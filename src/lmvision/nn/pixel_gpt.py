@@ -71,22 +71,28 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-             mask: torch.Tensor) -> torch.Tensor:
+             mask: torch.Tensor | None, upto: int | None = None) -> torch.Tensor:
         """One token per sequence, ``x`` (B, 1, dim), at ``position`` (a (1,) tensor): its key
         and value go into the cache there, and it attends to the cache where ``mask`` (1, T)
-        allows (positions up to its own). Shapes never change, so a CUDA graph can replay it."""
+        allows (positions up to its own): shapes never change, so a CUDA graph can replay it.
+        With ``upto`` (its position + 1) it attends to the first ``upto`` slots instead, with no
+        mask: less work where no graph is replayed."""
         b, _, dim = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, 1, 3, self.heads, dim // self.heads) \
             .permute(2, 0, 3, 1, 4)  # 3 x (B, h, 1, hd)
         keys, values = cache.keys[layer], cache.values[layer]
         keys.index_copy_(2, position, k.to(keys.dtype))
         values.index_copy_(2, position, v.to(values.dtype))
+        if upto is not None:
+            keys, values, mask = keys[:, :, :upto], values[:, :, :upto], None
         if self.attention == "sdpa":
             out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
                                                  attn_mask=mask)
         else:
             scores = (q @ keys.to(q.dtype).transpose(-2, -1) / math.sqrt(q.shape[-1]))
-            out = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ values.to(q.dtype)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            out = scores.softmax(-1) @ values.to(q.dtype)
         x = x + self.proj(out.transpose(1, 2).reshape(b, 1, dim))
         return x + self.mlp(self.norm2(x))
 
@@ -256,14 +262,17 @@ class PixelGPT(nn.Module):
                     ids[:, position + 1] = token
         return pixels
 
-    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache,
+             at: int | None = None) -> torch.Tensor:
         """Logits (B, V) of the token after ``token`` (B,), which sits at ``position`` (a (1,)
         tensor); its keys and values go into ``cache``, which holds those of every earlier
-        position."""
+        position. ``at``: the same position as a number, to attend to the slots up to it alone
+        (see :meth:`Block.step`); ``None`` keeps every shape fixed, for a CUDA graph."""
         x = self.embed(token.unsqueeze(1)) + self.position.index_select(0, position)
-        mask = (cache.slots <= position).unsqueeze(0)  # (1, T): this position and the ones before
+        upto = None if at is None else at + 1
+        mask = (cache.slots <= position).unsqueeze(0) if upto is None else None  # (1, T)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache, i, position, mask)
+            x = block.step(x, cache, i, position, mask, upto)
         return self.head(self.norm(x))[:, -1]
 
     def _stepper(self, cache: KVCache, batch: int, device: torch.device):
@@ -275,7 +284,7 @@ class PixelGPT(nn.Module):
 
         def eager(new: torch.Tensor, at: int) -> torch.Tensor:
             position.fill_(at)
-            return self.step(new, position, cache)
+            return self.step(new, position, cache, at)
 
         if device.type != "cuda" or self.training:
             return eager
