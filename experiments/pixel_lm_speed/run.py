@@ -14,11 +14,12 @@ timed steps after warm-up), on 16x16 images (256 pixel tokens) over a 16-colour 
   ``sdpa`` and ``eager`` attention): the baseline the compact module is chosen against.
 
 Sampling time for 256-token images, batch 1 and 64, with the KV cache and without it (every
-step re-reads the whole sequence), with greedy decoding (the two give the same tokens), the
-median of three runs after a warm-up run (one run for batch 64 without the cache), for the
-trained size above and, batch 1 only, for larger ones (dim 256 and 512, depth 8): the cache
+step re-reads the whole sequence), with greedy decoding (the two give the same tokens): after
+a warm-up run of each, runs with and without the cache alternate, and each figure is the median
+of five (batch 64: three with the cache, one without), for the trained size above and, batch 1 only, for larger ones (dim 256 and 512, depth 8): the cache
 saves compute, which grows with the model and the sequence, while a cached step at batch 1 is a
-matrix-vector product per weight, bound by reading the weights and by dispatch cost.
+matrix-vector product per weight, bound by reading the weights and by dispatch cost. On a
+GPU the cached step is replayed as a CUDA graph (``PixelGPT.generate``).
 On a GPU, also tokens/s and model FLOPs utilisation (MFU) of GPTs of about 100 M parameters
 (dim 768 x 14 blocks, and dim 1024 x 8 blocks) in bf16 autocast with fused AdamW, eager and
 under ``torch.compile``, at batch 64 and 128 images (16k and 33k tokens a step). FLOPs per
@@ -32,7 +33,9 @@ it. GPU results go to the README's own GPU section, so the CPU table stays.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -99,16 +102,28 @@ def hugging_face(dim, depth, heads, attention, device):
     return model, forward
 
 
-def sampling_seconds(model, batch: int, use_cache: bool, device: str, repeats: int) -> float:
-    """Median wall time of generating ``batch`` whole images, after one untimed warm-up run."""
+def sampling_seconds(model, batch: int, device: str, repeats: int,
+                     plain_repeats: int | None = None) -> dict[bool, float]:
+    """Median wall time of generating ``batch`` whole images with the KV cache (``True``) and
+    without (``False``), after one untimed warm-up run of each; the timed runs alternate, so a
+    slow spell of a shared machine weighs on both alike."""
     model.eval()
     prefix = model.prefix(batch=batch, device=device)
 
-    def sample() -> None:
+    def sample(use_cache: bool) -> float:
+        start = time.perf_counter()
         model.generate(prefix, greedy=True, use_cache=use_cache)
         sync(device)
+        return time.perf_counter() - start
 
-    return studies.median_seconds(sample, repeats, warmup=1)
+    sample(True), sample(False)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    plain_repeats = repeats if plain_repeats is None else plain_repeats
+    for i in range(repeats):
+        times[True].append(sample(True))
+        if i < plain_repeats:
+            times[False].append(sample(False))
+    return {cache: statistics.median(t) for cache, t in times.items()}
 
 
 # about 100 M parameters, deep and narrow or shallow and wide: (batch, torch.compile) runs of each
@@ -251,12 +266,12 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
     for dim, depth, heads in sizes:
         sampler, _ = own(dim, depth, heads, "sdpa", device)
         for batch in batches if (dim, depth, heads) == size else batches[:1]:
-            for use_cache in (True, False):
-                key = (dim, depth, batch, use_cache)
-                repeats = 1 if args.quick or (batch > 1 and not use_cache) else 3
-                sampling[key] = sampling_seconds(sampler, batch, use_cache, device, repeats)
+            repeats = 1 if args.quick else 5 if batch == 1 else 3
+            times = sampling_seconds(sampler, batch, device, repeats, 1 if batch > 1 else None)
+            for use_cache, seconds in times.items():
+                sampling[(dim, depth, batch, use_cache)] = seconds
                 print(f"sampling dim {dim} depth {depth}, batch {batch:3d}, KV cache "
-                      f"{use_cache!s:5s}: {sampling[key]:.2f} s", flush=True)
+                      f"{use_cache!s:5s}: {seconds:.2f} s", flush=True)
 
     own_rate, hf_rate = rates["PixelGPT, sdpa"], rates["HF GPT-2, sdpa"]
     speedups = {(d, l): sampling[(d, l, 1, False)] / sampling[(d, l, 1, True)] for d, l, _ in sizes}
