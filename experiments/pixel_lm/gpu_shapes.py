@@ -62,6 +62,7 @@ def main() -> int:
                     f"data.batch_size={args.batch}", f"optimizer.lr={args.lr}",
                     f"trainer.max_epochs={args.epochs}", f"+trainer.max_time={cap}",
                     f"seed={args.seed}"]
+    where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
         judge_dir, lm_dir = Path(tmp) / "judge", Path(tmp) / "lm"
         # the judge reads no text: the scratch text encoder keeps it off the packaged MiniLM
@@ -89,7 +90,7 @@ def main() -> int:
                     key=lambda k: int(k.rsplit("_", 1)[1]))
     command = " ".join(sys.argv[1:])
     lines = [
-        f"{studies.environment_line()} Seed {args.seed}. Command: `python "
+        f"{where} Seed {args.seed}. Command: `python "
         f"experiments/pixel_lm/gpu_shapes.py {command}`.", "",
         f"Model: dim {args.dim}, depth {args.depth}, heads {args.heads}; batch {args.batch}, lr "
         f"{args.lr}, up to {args.epochs} epochs or {args.max_minutes:g} min of training "

@@ -45,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     results: dict[str, list[dict]] = {}
+    where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
         def run(name: str, seed: int, overrides: list[str]) -> Path:
             run_dir = Path(tmp) / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}-{seed}"
@@ -104,7 +105,7 @@ def main() -> int:
     checks[f"digits: fine-tuned test/acc {tuned:.4f} ≥ 0.95"] = tuned >= 0.95
     seeds = " ".join(map(str, args.seeds))
     lines = [
-        f"{studies.environment_line()} Seeds {seeds}. Command: `python experiments/pixel_lm/run.py "
+        f"{where} Seeds {seeds}. Command: `python experiments/pixel_lm/run.py "
         f"--seeds {seeds} --write-readme`.", "",
         "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
         "| fine-tuned | CNN | test bits/dim |", "|---|---|---|---|---|---|---|", *rows, "",
