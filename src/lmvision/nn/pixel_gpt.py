@@ -10,11 +10,12 @@ last means "no class"), then the caption tokenizer's vocabulary.
 Attention is ``torch.nn.functional.scaled_dot_product_attention`` (``attention="sdpa"``) or the
 textbook softmax(QKᵀ/√d)V (``attention="naive"``, kept for the speed study and tests). Sampling
 with the KV cache reads the conditions and known pixels in one pass, then feeds one token per
-step (:meth:`PixelGPT.step`), which writes its keys and values into the cache at its position
-and attends to the whole cache through a mask. Every step has the same shapes, so on a CUDA
-device the step is captured once as a CUDA graph and replayed per token (a step of a small
-model is otherwise dozens of kernel launches for little arithmetic). Without the cache, every
-step re-reads the whole sequence. Both give the same tokens.
+step, attending to the cached keys and values of the positions so far. On a CUDA device the
+step is :meth:`PixelGPT.step`, which writes its keys and values at its position and attends
+to the whole cache through a mask: its shapes never change, so it is captured once as a CUDA
+graph and replayed per token (a step of a small model is otherwise dozens of kernel launches
+for little arithmetic). Without the cache, every step re-reads the whole sequence. Both give
+the same tokens.
 """
 
 from __future__ import annotations
@@ -58,53 +59,48 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 start: int = 0) -> torch.Tensor:
-        b, length, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, dim // self.heads) \
-            .permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hd)
+        length = x.shape[1]
+        q, k, v = self._qkv(x)
         if cache is not None:
             cache.keys[layer][:, :, start:start + length] = k
             cache.values[layer][:, :, start:start + length] = v
             k = cache.keys[layer][:, :, :start + length]
             v = cache.values[layer][:, :, :start + length]
-        out = self._attend(q, k, v, start)  # (B, h, L, hd)
-        x = x + self.drop(self.proj(out.transpose(1, 2).reshape(b, length, dim)))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        return self._rest(x, self._attend(q, k, v, start))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-             mask: torch.Tensor | None, upto: int | None = None) -> torch.Tensor:
+             mask: torch.Tensor) -> torch.Tensor:
         """One token per sequence, ``x`` (B, 1, dim), at ``position`` (a (1,) tensor): its key
-        and value go into the cache there, and it attends to the cache where ``mask`` (1, T)
-        allows (positions up to its own): shapes never change, so a CUDA graph can replay it.
-        With ``upto`` (its position + 1) it attends to the first ``upto`` slots instead, with no
-        mask: less work where no graph is replayed."""
-        b, _, dim = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, 1, 3, self.heads, dim // self.heads) \
-            .permute(2, 0, 3, 1, 4)  # 3 x (B, h, 1, hd)
+        and value go into the cache there, and it attends to the whole cache where ``mask``
+        (1, T) allows (positions up to its own). Shapes never change, so a CUDA graph can
+        replay it (:meth:`forward` with the cache does the same on the slots up to ``start``)."""
+        q, k, v = self._qkv(x)
         keys, values = cache.keys[layer], cache.values[layer]
         keys.index_copy_(2, position, k.to(keys.dtype))
         values.index_copy_(2, position, v.to(values.dtype))
-        if upto is not None:
-            keys, values, mask = keys[:, :, :upto], values[:, :, :upto], None
-        if self.attention == "sdpa":
-            out = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype),
-                                                 attn_mask=mask)
-        else:
-            scores = (q @ keys.to(q.dtype).transpose(-2, -1) / math.sqrt(q.shape[-1]))
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            out = scores.softmax(-1) @ values.to(q.dtype)
-        x = x + self.proj(out.transpose(1, 2).reshape(b, 1, dim))
-        return x + self.mlp(self.norm2(x))
+        return self._rest(x, self._attend(q, keys.to(q.dtype), values.to(q.dtype), 0, mask))
 
-    def _attend(self, q, k, v, start: int) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, length, dim = x.shape
+        return self.qkv(self.norm1(x)).view(b, length, 3, self.heads, dim // self.heads) \
+            .permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hd)
+
+    def _rest(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input and the attention's (B, h, L, hd)."""
+        b, length, dim = x.shape
+        x = x + self.drop(self.proj(out.transpose(1, 2).reshape(b, length, dim)))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+    def _attend(self, q, k, v, start: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries at positions start..start+L-1 see keys 0..their own position, or where
+        ``mask`` (L, T) says."""
         length, total = q.shape[2], k.shape[2]
         p = self.dropout if self.training else 0.0
-        mask = None  # queries at positions start..start+L-1 see keys 0..their own position
-        if length > 1 and start > 0:
+        if mask is None and length > 1 and start > 0:
             rows = torch.arange(start, start + length, device=q.device).unsqueeze(1)
             mask = torch.arange(total, device=q.device).unsqueeze(0) <= rows  # (L, T)
         if self.attention == "sdpa":
-            causal = length > 1 and start == 0
+            causal = mask is None and length > 1 and start == 0
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                   is_causal=causal)
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, h, L, T)
@@ -262,32 +258,28 @@ class PixelGPT(nn.Module):
                     ids[:, position + 1] = token
         return pixels
 
-    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache,
-             at: int | None = None) -> torch.Tensor:
+    def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) of the token after ``token`` (B,), which sits at ``position`` (a (1,)
         tensor); its keys and values go into ``cache``, which holds those of every earlier
-        position. ``at``: the same position as a number, to attend to the slots up to it alone
-        (see :meth:`Block.step`); ``None`` keeps every shape fixed, for a CUDA graph."""
+        position. Every shape is fixed, for a CUDA graph (see :meth:`Block.step`)."""
         x = self.embed(token.unsqueeze(1)) + self.position.index_select(0, position)
-        upto = None if at is None else at + 1
-        mask = (cache.slots <= position).unsqueeze(0) if upto is None else None  # (1, T)
+        mask = (cache.slots <= position).unsqueeze(0)  # (1, T): this position and the ones before
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache, i, position, mask, upto)
+            x = block.step(x, cache, i, position, mask)
         return self.head(self.norm(x))[:, -1]
 
     def _stepper(self, cache: KVCache, batch: int, device: torch.device):
-        """``(token, position) -> logits``: :meth:`step`, replayed as a CUDA graph on a CUDA
-        device. It runs the step (twice to warm up, once to capture) and so writes into the
-        cache at position 0: call it before the cache is filled."""
-        token = torch.zeros(batch, dtype=torch.long, device=device)
-        position = torch.zeros(1, dtype=torch.long, device=device)
-
-        def eager(new: torch.Tensor, at: int) -> torch.Tensor:
-            position.fill_(at)
-            return self.step(new, position, cache, at)
+        """``(token, position) -> logits``: on a CUDA device, :meth:`step` replayed as a CUDA
+        graph (capturing runs the step, twice to warm up and once to capture, and so writes
+        into the cache at position 0: call it before the cache is filled); elsewhere, or when
+        capture fails, :meth:`forward` on the one token with the cache."""
+        def eager(new: torch.Tensor, at: int) -> torch.Tensor:  # the slots up to ``at`` alone
+            return self(new.unsqueeze(1), cache, at)[:, -1]
 
         if device.type != "cuda" or self.training:
             return eager
+        token = torch.zeros(batch, dtype=torch.long, device=device)
+        position = torch.zeros(1, dtype=torch.long, device=device)
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
