@@ -53,3 +53,16 @@ def test_data_speed_study_quick_run(tmp_path):
     data = json.loads(summary.read_text())
     assert set(data["png"]) == {"0", "2", "cached"} and data["png"]["2"]["lmvision"] > 0
     assert "| PNG | 2 |" in result.stdout
+
+
+def test_a_study_names_the_commit_given_for_a_copied_tree(monkeypatch):
+    """On a machine whose checkout is a copy (a lent GPU), LMVISION_COMMIT names what was measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("studies", ROOT / "experiments" / "studies.py")
+    studies = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(studies)
+    monkeypatch.setenv("LMVISION_COMMIT", "0123456789abcdef")
+    assert "lmvision commit 0123456789." in studies.environment_line()
+    monkeypatch.delenv("LMVISION_COMMIT")
+    assert "0123456789" not in studies.environment_line()
