@@ -29,18 +29,19 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_pixel_lm_gpu_shapes_study_smoke_run(tmp_path):
-    """The GPU shapes study runs end to end (on the CPU, tiny): judge, pixel LM, its probes and
-    gen/acc, the results JSON and the sample grids in --out, its own training log kept."""
-    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "gpu_shapes.py"), "--smoke",
+def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
+    """The larger shapes study runs end to end (on the CPU, tiny): judge, pixel LM, its probes
+    and gen/acc, the results JSON and the sample grids in --out, its own training log kept."""
+    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "larger_shapes.py"), "--smoke",
                       "--out", str(tmp_path)], cwd=tmp_path, timeout=900)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
-    data = json.loads((tmp_path / "gpu_shapes.json").read_text())
+    data = json.loads((tmp_path / "cpu_shapes.json").read_text())
     assert {"probe/acc_best", "probe/acc_random_init", "gen/acc", "gen/acc_caption"} \
         <= set(data["pixel_lm"])
-    assert (tmp_path / "gpu_shapes_samples_class.png").stat().st_size > 0
+    assert (tmp_path / "cpu_shapes_samples_class.png").stat().st_size > 0
     assert "Run directory:" in (tmp_path / "pixel_lm_train.log").read_text()
     assert "(trained 1 epochs" in result.stdout
+    assert "Data: 300 shapes images" in result.stdout
 
 
 @pytest.mark.slow

@@ -1,16 +1,20 @@
-"""Pixel-LM study, shapes part, on a GPU: the same data, judge and experiment as ``run.py``, with
-a larger model trained for longer than 2 CPU cores allow. Writes the README's GPU section.
+"""Pixel-LM study, shapes part, larger: the same judge and experiment as ``run.py``, with more
+images, a larger model or longer training than ``run.py`` gives it. Writes the README's section
+of its device (``gpu`` or ``cpu``).
 
-    python experiments/pixel_lm/gpu_shapes.py --write-readme      # give it 7 min on one H100
+    python experiments/pixel_lm/larger_shapes.py --write-readme      # give it 7 min on one H100
+    python experiments/pixel_lm/larger_shapes.py --device cpu --num-images 8000 --dim 64 \
+        --depth 4 --heads 4 --batch 32 --lr 0.003 --epochs 30 --max-minutes 60 --write-readme
 
 (One try on an H100 with a 2.5-minute cap did not finish training, testing, probes and gen/acc
 within 5 minutes of the call: allow the training cap plus about 5 minutes.)
 
-Runs (`python -m lmvision.train`, CSV logger, `trainer=gpu` in bf16-mixed):
+Runs (`python -m lmvision.train`, CSV logger; `--device gpu`: `trainer=gpu` in bf16-mixed,
+`--device cpu`: `trainer=cpu` in float32):
 
-* the judge, `strategy=image_classifier` on the shapes images of `run.py` (its test accuracy
-  is the CNN baseline);
-* `experiment=pixel_lm_shapes` with `strategy.net.dim/depth/heads`, `data.batch_size`,
+* the judge, `strategy=image_classifier` on the shapes images of `run.py`, ``--num-images`` of
+  them (its test accuracy is the CNN baseline);
+* `experiment=pixel_lm_shapes` on the same images, with `strategy.net.dim/depth/heads`, `data.batch_size`,
   `optimizer.lr` and `trainer.max_epochs` from the options below, and a wall-clock cap
   (`trainer.max_time`, so the run ends inside a lease; the checkpoint with the best
   `val/bits_per_dim` is then tested, probed and scored, as in every run), scored by the judge
@@ -33,13 +37,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import studies  # noqa: E402  (experiments/studies.py)
 
-SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "data.noise=0",
-          "logger=csv"]
-GPU = ["trainer=gpu", "trainer.precision=bf16-mixed"]
+SHAPES = ["data.image_size=16", "data.colors=distinct", "data.noise=0", "logger=csv"]
+TRAINERS = {"gpu": ["trainer=gpu", "trainer.precision=bf16-mixed"], "cpu": ["trainer=cpu"]}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=sorted(TRAINERS), default="gpu")
+    parser.add_argument("--num-images", type=int, default=3000, help="shapes images (all splits)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)
@@ -47,17 +52,19 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--max-minutes", type=float, default=2.0, help="cap on training time")
+    parser.add_argument("--sample-every", type=int, default=5,
+                        help="draw the sample grids every this many epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--smoke", action="store_true",
                         help="check the script on a CPU: 300 images, 1 epoch, a small model")
     args = parser.parse_args()
-    shapes, trainer, lm_data = SHAPES, GPU, []
     if args.smoke:
-        lm_data = ["data.num_images=300"]
-        shapes, trainer = [*SHAPES, *lm_data], ["trainer=cpu"]
+        args.device, args.num_images = "cpu", 300
         args.dim, args.depth, args.heads, args.epochs = 32, 2, 2, 1
+    trainer, lm_data = TRAINERS[args.device], [f"data.num_images={args.num_images}"]
+    shapes = [*SHAPES, *lm_data]
     seconds = int(args.max_minutes * 60)
     cap = f"00:00:{seconds // 60:02d}:{seconds % 60:02d}"
     lm_overrides = ["experiment=pixel_lm_shapes", "logger=csv", *trainer, *lm_data,
@@ -65,6 +72,7 @@ def main() -> int:
                     f"strategy.net.heads={args.heads}",
                     f"data.batch_size={args.batch}", f"optimizer.lr={args.lr}",
                     f"trainer.max_epochs={args.epochs}", f"+trainer.max_time={cap}",
+                    f"strategy.sample_every_n_epochs={args.sample_every}",
                     f"seed={args.seed}"]
     where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,12 +88,13 @@ def main() -> int:
                             f"strategy.gen_classifier={judge_dir / 'checkpoints' / 'last.ckpt'}"],
                            lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
         epochs = _epochs(lm_dir)
+        prefix = f"{args.device}_shapes_"
         pngs = sorted((lm_dir / "figures").glob("samples_*.png"))
         for png in pngs:
             if args.write_readme:
-                shutil.copy(png, HERE / f"gpu_shapes_{png.name}")
+                shutil.copy(png, HERE / f"{prefix}{png.name}")
             if args.out:
-                shutil.copy(png, args.out / f"gpu_shapes_{png.name}")
+                shutil.copy(png, args.out / f"{prefix}{png.name}")
 
     gap = 100 * (lm["probe/acc_best"] - lm["probe/acc_random_init"])
     checks = {
@@ -98,7 +107,8 @@ def main() -> int:
     command = " ".join(sys.argv[1:])
     lines = [
         f"{where} Seed {args.seed}. Command: `python "
-        f"experiments/pixel_lm/gpu_shapes.py {command}`.", "",
+        f"experiments/pixel_lm/larger_shapes.py {command}`.", "",
+        f"Data: {args.num_images} shapes images (70 % train). "
         f"Model: dim {args.dim}, depth {args.depth}, heads {args.heads}; batch {args.batch}, lr "
         f"{args.lr}, up to {args.epochs} epochs or {args.max_minutes:g} min of training "
         f"(trained {epochs} epochs in {lm['fit_seconds']:.0f} s; the checkpoint with the best "
@@ -112,17 +122,17 @@ def main() -> int:
         f"{lm['gen/acc_caption']:.4f} |", "",
         "Probe test accuracy by block: " + ", ".join(
             f"{k.rsplit('_', 1)[1]}: {lm[k]:.4f}" for k in layers) + ".", "",
-        "Sample grids of the last validation epoch: `gpu_shapes_samples_*.png` beside this README.",
+        f"Sample grids of the last validation epoch: `{prefix}samples_*.png` beside this README.",
         "", *[f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()],
     ]
     text = "\n".join(lines)
     print(text)
     results = {"judge": judge, "pixel_lm": lm, "overrides": lm_overrides}
     if args.out:
-        write_json(args.out / "gpu_shapes.json", results)
+        write_json(args.out / f"{args.device}_shapes.json", results)
     if args.write_readme:
-        studies.write_results(HERE / "README.md", text, "gpu")
-        write_json(HERE / "results_gpu_shapes.json", results)
+        studies.write_results(HERE / "README.md", text, args.device)
+        write_json(HERE / f"results_{args.device}_shapes.json", results)
     return 0 if all(checks.values()) else 1
 
 
