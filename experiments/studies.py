@@ -1,5 +1,5 @@
-"""Helpers shared by the study scripts: run `python -m lmvision.train` for real, read the run
-record, summarise over seeds, say where a study ran, and rewrite the results section of a
+"""Helpers shared by the study scripts: run `python -m lmvision.train` (and `lmvision.evaluate`)
+for real, read the run record, summarise over seeds, say where a study ran, and rewrite the results section of a
 study's README."""
 
 from __future__ import annotations
@@ -28,8 +28,29 @@ def train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None
     ``env`` adds environment variables (e.g. ``OMP_NUM_THREADS`` for runs side by side);
     ``log`` keeps the run's output in that file as it goes (e.g. where a time limit may kill
     the study)."""
-    cmd = [sys.executable, "-m", "lmvision.train", *overrides, f"hydra.run.dir={run_dir}",
-           "callbacks.progress_bar.refresh_rate=0"]
+    return _run("lmvision.train", [*overrides, "callbacks.progress_bar.refresh_rate=0"], run_dir,
+                env, log)
+
+
+def evaluate(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None,
+             log: Path | None = None) -> dict:
+    """Test a checkpoint (``ckpt_path=...`` among ``overrides``) as ``lmvision-eval`` does, in a
+    subprocess; return its metrics (and ``wall_time_s``), as :func:`train`."""
+    return _run("lmvision.evaluate", overrides, run_dir, env, log)
+
+
+def read_run(run_dir: Path, stdout: str = "") -> dict:
+    """A finished run's metrics plus the timings of its run record (``fit_seconds`` is
+    ``None`` for an evaluation)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    record = json.loads((run_dir / "run.json").read_text())
+    return {**metrics, "fit_seconds": record.get("fit_seconds"),
+            "wall_time_s": record["wall_time_s"], "last_lines": stdout.strip().splitlines()[-2:]}
+
+
+def _run(module: str, overrides: list[str], run_dir: Path, env: dict[str, str] | None,
+         log: Path | None) -> dict:
+    cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     if log is None:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -40,10 +61,7 @@ def train(overrides: list[str], run_dir: Path, env: dict[str, str] | None = None
         stdout = stderr = Path(log).read_text()
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    record = json.loads((run_dir / "run.json").read_text())
-    return {**metrics, "fit_seconds": record["fit_seconds"], "wall_time_s": record["wall_time_s"],
-            "last_lines": stdout.strip().splitlines()[-2:]}
+    return read_run(run_dir, stdout)
 
 
 def mean_std(values: list[float], scale: float = 1.0, digits: int = 4) -> str:

@@ -31,17 +31,36 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
 @pytest.mark.slow
 def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     """The larger shapes study runs end to end (on the CPU, tiny): judge, pixel LM, its probes
-    and gen/acc, the results JSON and the sample grids in --out, its own training log kept."""
-    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "larger_shapes.py"), "--smoke",
-                      "--out", str(tmp_path)], cwd=tmp_path, timeout=900)
+    and gen/acc, gen/acc at another temperature, the results JSON and the sample grids in
+    --out, its own training log kept; then again from the kept runs, without training."""
+    script = str(ROOT / "experiments" / "pixel_lm" / "larger_shapes.py")
+    kept, again = tmp_path / "kept", tmp_path / "again"
+    again.mkdir()
+    result = run_cli([script, "--smoke", "--out", str(tmp_path), "--keep", str(kept),
+                      "--temperatures", "0.5"], cwd=tmp_path, timeout=900)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "cpu_shapes.json").read_text())
     assert {"probe/acc_best", "probe/acc_random_init", "gen/acc", "gen/acc_caption"} \
         <= set(data["pixel_lm"])
+    assert set(data["gen_by_temperature"]["0.5"]) == {"gen/acc", "gen/acc_caption"}
+    assert "| 0.5 | " in result.stdout
     assert (tmp_path / "cpu_shapes_samples_class.png").stat().st_size > 0
     assert "Run directory:" in (tmp_path / "pixel_lm_train.log").read_text()
     assert "(trained 1 epochs" in result.stdout
     assert "Data: 300 shapes images" in result.stdout
+    assert list((kept / "lm" / "checkpoints").glob("*.ckpt"))
+
+    result = run_cli([script, "--smoke", "--out", str(again), "--from-runs", str(kept),
+                      "--temperatures", "0.5"], cwd=tmp_path, timeout=900)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "pixel LM: training" not in result.stdout  # nothing trained again
+    redone = json.loads((again / "cpu_shapes.json").read_text())
+    assert redone["pixel_lm"]["probe/acc_best"] == data["pixel_lm"]["probe/acc_best"]
+    assert redone["gen_by_temperature"] == data["gen_by_temperature"]  # seeded sampling
+
+    result = run_cli([script, "--smoke", "--lr", "0.01", "--from-runs", str(kept)], cwd=tmp_path,
+                     timeout=900)
+    assert result.returncode == 1 and "was trained with" in result.stderr  # other options
 
 
 @pytest.mark.slow

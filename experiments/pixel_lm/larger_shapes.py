@@ -20,7 +20,12 @@ Runs (`python -m lmvision.train`, CSV logger; `--device gpu`: `trainer=gpu` in b
   `val/bits_per_dim` is then tested, probed and scored, as in every run), scored by the judge
   (`gen/acc`, `gen/acc_caption`).
 
-``--out DIR`` also copies the results JSON and the sample grids there.
+``--out DIR`` also copies the results JSON and the sample grids there; ``--keep DIR`` keeps both
+runs (checkpoints, logs, figures) there. ``--temperatures T ...`` also scores ``gen/acc`` of the
+tested checkpoint at those sampling temperatures (``lmvision-eval`` with the probes off; the
+run itself samples at the strategy's temperature, 1.0). ``--from-runs DIR`` takes the judge
+and the pixel LM from an earlier ``--keep DIR`` instead of training them (given the same
+options), e.g. to add temperatures to a finished run.
 """
 
 from __future__ import annotations
@@ -55,7 +60,13 @@ def main() -> int:
     parser.add_argument("--sample-every", type=int, default=5,
                         help="draw the sample grids every this many epochs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[],
+                        help="also score gen/acc at these sampling temperatures")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the judge's and the pixel LM's runs in this folder")
+    parser.add_argument("--from-runs", type=Path, default=None,
+                        help="the runs kept by an earlier --keep: test them, do not train")
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--smoke", action="store_true",
                         help="check the script on a CPU: 300 images, 1 epoch, a small model")
@@ -76,18 +87,35 @@ def main() -> int:
                     f"seed={args.seed}"]
     where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
-        judge_dir, lm_dir = Path(tmp) / "judge", Path(tmp) / "lm"
-        # the judge reads no text: the scratch text encoder keeps it off the packaged MiniLM
-        judge = studies.train([*shapes, "strategy=image_classifier", "text_encoder=scratch",
-                               *trainer, f"seed={args.seed}"], judge_dir)
-        print(f"judge: test/acc {judge['test/acc']:.4f} ({judge['fit_seconds']:.0f} s)", flush=True)
-        print(f"pixel LM: training for up to {args.max_minutes:g} min, then testing, probes and "
-              f"gen/acc" + (f" (log: {args.out / 'pixel_lm_train.log'})" if args.out else ""),
-              flush=True)
-        lm = studies.train([*lm_overrides,
-                            f"strategy.gen_classifier={judge_dir / 'checkpoints' / 'last.ckpt'}"],
-                           lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
+        root = args.from_runs or args.keep or Path(tmp)
+        judge_dir, lm_dir = root / "judge", root / "lm"
+        judge_ckpt = judge_dir / "checkpoints" / "last.ckpt"
+        if args.from_runs:
+            judge, lm = _kept(judge_dir, lm_dir, lm_overrides)
+        else:
+            # the judge reads no text: the scratch text encoder keeps it off the packaged MiniLM
+            judge = studies.train([*shapes, "strategy=image_classifier", "text_encoder=scratch",
+                                   *trainer, f"seed={args.seed}"], judge_dir)
+            print(f"judge: test/acc {judge['test/acc']:.4f} ({judge['fit_seconds']:.0f} s)",
+                  flush=True)
+            print(f"pixel LM: training for up to {args.max_minutes:g} min, then testing, probes "
+                  f"and gen/acc" + (f" (log: {args.out / 'pixel_lm_train.log'})" if args.out
+                                    else ""), flush=True)
+            lm = studies.train([*lm_overrides, f"strategy.gen_classifier={judge_ckpt}"],
+                               lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
         epochs = _epochs(lm_dir)
+        tested = _tested_checkpoint(lm_dir)
+        by_temperature = {}
+        for t in args.temperatures:
+            # "+": lmvision-eval composes image_classifier's options before it reads the
+            # checkpoint's, and these are pixel_lm's
+            r = studies.evaluate([f"ckpt_path={tested}", *trainer, "+strategy.probe=false",
+                                  f"+strategy.temperature={t}",
+                                  f"+strategy.gen_classifier={judge_ckpt}"],
+                                 Path(tmp) / f"eval-{t}")
+            by_temperature[t] = {k: r[k] for k in ("gen/acc", "gen/acc_caption")}
+            print(f"temperature {t:g}: gen/acc {r['gen/acc']:.4f}, caption "
+                  f"{r['gen/acc_caption']:.4f}", flush=True)
         prefix = f"{args.device}_shapes_"
         pngs = sorted((lm_dir / "figures").glob("samples_*.png"))
         for png in pngs:
@@ -122,18 +150,46 @@ def main() -> int:
         f"{lm['gen/acc_caption']:.4f} |", "",
         "Probe test accuracy by block: " + ", ".join(
             f"{k.rsplit('_', 1)[1]}: {lm[k]:.4f}" for k in layers) + ".", "",
+        *(["gen/acc of the tested checkpoint by sampling temperature (no top-k, no top-p; "
+            "as many samples as the gen/acc of the table):", "",
+            "| temperature | gen/acc (class) | gen/acc (caption) |", "|---|---|---|",
+            *[f"| {t:g} | {r['gen/acc']:.4f} | {r['gen/acc_caption']:.4f} |"
+              for t, r in by_temperature.items()], ""] if by_temperature else []),
         f"Sample grids of the last validation epoch: `{prefix}samples_*.png` beside this README.",
         "", *[f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()],
     ]
     text = "\n".join(lines)
     print(text)
-    results = {"judge": judge, "pixel_lm": lm, "overrides": lm_overrides}
+    results = {"judge": judge, "pixel_lm": lm, "overrides": lm_overrides,
+               "gen_by_temperature": {str(t): r for t, r in by_temperature.items()}}
     if args.out:
         write_json(args.out / f"{args.device}_shapes.json", results)
     if args.write_readme:
         studies.write_results(HERE / "README.md", text, args.device)
         write_json(HERE / f"results_{args.device}_shapes.json", results)
     return 0 if all(checks.values()) else 1
+
+
+def _kept(judge_dir: Path, lm_dir: Path, lm_overrides: list[str]) -> tuple[dict, dict]:
+    """The judge's and the pixel LM's results from runs kept by ``--keep``, after checking
+    that the pixel LM was trained with ``lm_overrides`` (the options given now)."""
+    import yaml
+
+    for run_dir in (judge_dir, lm_dir):
+        if not (run_dir / "metrics.json").is_file():
+            raise SystemExit(f"--from-runs: {run_dir} holds no finished run (no metrics.json)")
+    trained = yaml.safe_load((lm_dir / ".hydra" / "overrides.yaml").read_text())
+    trained = [o for o in trained if not o.startswith(("strategy.gen_classifier=", "callbacks."))]
+    if trained != lm_overrides:
+        raise SystemExit(f"--from-runs: {lm_dir} was trained with {' '.join(trained)}, not with "
+                         f"the options given now ({' '.join(lm_overrides)})")
+    return studies.read_run(judge_dir), studies.read_run(lm_dir)
+
+
+def _tested_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a run tested: its best (``best-*.ckpt``), else its last."""
+    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
+    return best[-1] if best else run_dir / "checkpoints" / "last.ckpt"
 
 
 def _epochs(run_dir: Path) -> int:

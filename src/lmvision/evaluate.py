@@ -3,6 +3,10 @@
     lmvision-eval ckpt_path=outputs/image_classifier/2026-11-23/10-00-00/checkpoints/last.ckpt
     lmvision-eval ckpt_path=... data.batch_size=512     # override what you like
     lmvision-eval ckpt_path=... trainer=ddp_cpu         # the same metrics with two processes
+    lmvision-eval ckpt_path=<a pixel_lm run's checkpoint> +strategy.temperature=0.7
+
+An option that only the trained strategy has takes a ``+`` (the command line is composed with
+``strategy=image_classifier`` before the checkpoint's own strategy replaces it).
 
 The data, strategy, network, optimiser and seed of the training run are rebuilt from the
 config stored in the checkpoint (its tokenizer too); options given on the command line take
