@@ -31,6 +31,7 @@ options), e.g. to add temperatures to a finished run.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -92,6 +93,10 @@ def main() -> int:
         judge_ckpt = judge_dir / "checkpoints" / "last.ckpt"
         if args.from_runs:
             judge, lm = _kept(judge_dir, lm_dir, lm_overrides)
+            trained = json.loads((lm_dir / "run.json").read_text()).get("git") or {}
+            where += (f" The runs were trained at commit {str(trained.get('commit'))[:10]}"
+                      f"{' (uncommitted changes)' if trained.get('dirty') else ''}, kept with "
+                      f"--keep, and tested again here.")
         else:
             # the judge reads no text: the scratch text encoder keeps it off the packaged MiniLM
             judge = studies.train([*shapes, "strategy=image_classifier", "text_encoder=scratch",
@@ -187,9 +192,12 @@ def _kept(judge_dir: Path, lm_dir: Path, lm_overrides: list[str]) -> tuple[dict,
 
 
 def _tested_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a run tested: its best (``best-*.ckpt``), else its last."""
-    best = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
-    return best[-1] if best else run_dir / "checkpoints" / "last.ckpt"
+    """The checkpoint a run tested (named in its run record; the run may have been moved)."""
+    tested = json.loads((run_dir / "run.json").read_text()).get("tested_checkpoint")
+    path = run_dir / "checkpoints" / Path(tested or "last.ckpt").name
+    if not path.is_file():
+        raise SystemExit(f"{run_dir}: the checkpoint it tested, {path.name}, is not there")
+    return path
 
 
 def _epochs(run_dir: Path) -> int:
