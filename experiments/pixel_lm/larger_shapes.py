@@ -95,8 +95,8 @@ def main() -> int:
             judge, lm = _kept(judge_dir, lm_dir, lm_overrides)
             trained = json.loads((lm_dir / "run.json").read_text()).get("git") or {}
             where += (f" The runs were trained at commit {str(trained.get('commit'))[:10]}"
-                      f"{' (uncommitted changes)' if trained.get('dirty') else ''}, kept with "
-                      f"--keep, and tested again here.")
+                      f"{' (uncommitted changes)' if trained.get('dirty') else ''}, and tested "
+                      f"again here from their folders (--from-runs).")
         else:
             # the judge reads no text: the scratch text encoder keeps it off the packaged MiniLM
             judge = studies.train([*shapes, "strategy=image_classifier", "text_encoder=scratch",
