@@ -75,6 +75,8 @@ def main() -> int:
     if args.smoke:
         args.device, args.num_images = "cpu", 300
         args.dim, args.depth, args.heads, args.epochs = 32, 2, 2, 1
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
     trainer, lm_data = TRAINERS[args.device], [f"data.num_images={args.num_images}"]
     shapes = [*SHAPES, *lm_data]
     seconds = int(args.max_minutes * 60)
