@@ -63,6 +63,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[],
                         help="also score gen/acc at these sampling temperatures")
+    parser.add_argument("--gen-samples-per-class", type=int, default=25,
+                        help="class-conditioned samples per class of --temperatures (the run's "
+                             "own gen/acc keeps the experiment's 25)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the judge's and the pixel LM's runs in this folder")
@@ -118,6 +121,7 @@ def main() -> int:
             # checkpoint's, and these are pixel_lm's
             r = studies.evaluate([f"ckpt_path={tested}", *trainer, "+strategy.probe=false",
                                   f"+strategy.temperature={t}",
+                                  f"+strategy.gen_samples_per_class={args.gen_samples_per_class}",
                                   f"+strategy.gen_classifier={judge_ckpt}"],
                                  Path(tmp) / f"eval-{t}")
             by_temperature[t] = {k: r[k] for k in ("gen/acc", "gen/acc_caption")}
@@ -157,8 +161,9 @@ def main() -> int:
         f"{lm['gen/acc_caption']:.4f} |", "",
         "Probe test accuracy by block: " + ", ".join(
             f"{k.rsplit('_', 1)[1]}: {lm[k]:.4f}" for k in layers) + ".", "",
-        *(["gen/acc of the tested checkpoint by sampling temperature (no top-k, no top-p; "
-            "as many samples as the gen/acc of the table):", "",
+        *([f"gen/acc of the tested checkpoint by sampling temperature (no top-k, no top-p; "
+            f"{args.gen_samples_per_class} class-conditioned samples per class, and as many "
+            f"caption-conditioned ones, up to the test split's size):", "",
             "| temperature | gen/acc (class) | gen/acc (caption) |", "|---|---|---|",
             *[f"| {t:g} | {r['gen/acc']:.4f} | {r['gen/acc_caption']:.4f} |"
               for t, r in by_temperature.items()], ""] if by_temperature else []),
