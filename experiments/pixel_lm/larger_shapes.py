@@ -50,7 +50,7 @@ TRAINERS = {"gpu": ["trainer=gpu", "trainer.precision=bf16-mixed"], "cpu": ["tra
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=sorted(TRAINERS), default="gpu")
-    parser.add_argument("--num-images", type=int, default=3000, help="shapes images (all splits)")
+    parser.add_argument("--num-images", type=int, default=8000, help="shapes images (all splits)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)

@@ -1,7 +1,7 @@
 """Pixel-LM study: does a language model trained on pixels alone learn to recognise, and does
 it draw what it is asked to? Writes README.md's results and copies the sample grids beside it.
 
-    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~40 min on 2 CPU cores
+    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~75 min on 2 CPU cores
 
 Runs (`python -m lmvision.train`, CSV logger), for each seed:
 
@@ -33,7 +33,7 @@ import studies  # noqa: E402  (experiments/studies.py)
 from studies import mean_std  # noqa: E402
 
 DIGITS = ["data=digits", "data.image_size=8", "logger=csv"]
-SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=3000", "data.noise=0",
+SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=8000", "data.noise=0",
           "logger=csv"]
 FINETUNE_EPOCHS = 30
 
