@@ -1,6 +1,6 @@
 """Helpers shared by the study scripts: run `python -m lmvision.train` (and `lmvision.evaluate`)
-for real, read the run record, summarise over seeds, say where a study ran, and rewrite the results section of a
-study's README."""
+for real, read the run record, summarise over seeds, say where a study ran, and rewrite the
+results section of a study's README."""
 
 from __future__ import annotations
 

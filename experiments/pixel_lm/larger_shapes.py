@@ -1,10 +1,10 @@
-"""Pixel-LM study, shapes part, larger: the same judge and experiment as ``run.py``, with more
-images, a larger model or longer training than ``run.py`` gives it. Writes the README's section
-of its device (``gpu`` or ``cpu``).
+"""Pixel-LM study, shapes part, alone and with options: the same judge and experiment as
+``run.py``, with more images, a larger model or longer training if asked. Writes the README's
+section of its device (``gpu`` or ``cpu``).
 
     python experiments/pixel_lm/larger_shapes.py --write-readme      # give it 7 min on one H100
-    python experiments/pixel_lm/larger_shapes.py --device cpu --num-images 8000 --dim 64 \
-        --depth 4 --heads 4 --batch 32 --lr 0.003 --epochs 30 --max-minutes 60 --write-readme
+    python experiments/pixel_lm/larger_shapes.py --device cpu --dim 64 --depth 4 --heads 4 \
+        --batch 32 --lr 0.003 --epochs 30 --max-minutes 60 --write-readme   # ~1 h, 2 cores
 
 (One try on an H100 with a 2.5-minute cap did not finish training, testing, probes and gen/acc
 within 5 minutes of the call: allow the training cap plus about 5 minutes.)
@@ -14,8 +14,8 @@ Runs (`python -m lmvision.train`, CSV logger; `--device gpu`: `trainer=gpu` in b
 
 * the judge, `strategy=image_classifier` on the shapes images of `run.py`, ``--num-images`` of
   them (its test accuracy is the CNN baseline);
-* `experiment=pixel_lm_shapes` on the same images, with `strategy.net.dim/depth/heads`, `data.batch_size`,
-  `optimizer.lr` and `trainer.max_epochs` from the options below, and a wall-clock cap
+* `experiment=pixel_lm_shapes` on the same images, with `strategy.net.dim/depth/heads`,
+  `data.batch_size`, `optimizer.lr` and `trainer.max_epochs` from the options below, and a cap
   (`trainer.max_time`, so the run ends inside a lease; the checkpoint with the best
   `val/bits_per_dim` is then tested, probed and scored, as in every run), scored by the judge
   (`gen/acc`, `gen/acc_caption`).
