@@ -98,6 +98,32 @@ def test_cached_and_uncached_sampling_give_the_same_tokens(attention):
     assert torch.equal(a, b)
 
 
+def test_guided_sampling_weighs_the_condition_against_no_condition():
+    gpt = tiny_gpt("sdpa", num_classes=2, caption_tokens=3, text_vocab_size=10)
+    with torch.no_grad():  # large embeddings and weights: conditions change what is drawn
+        for p in gpt.parameters():
+            p.mul_(30 if p.ndim == 2 else 1)
+    prefix = gpt.prefix(torch.tensor([1, 0]), torch.tensor([[4, 5, 0], [6, 0, 0]]))
+    null = gpt.prefix(None, torch.zeros(2, 3, dtype=torch.long), batch=2)
+    known = torch.randint(12, (2, 18))
+    # weight 0: the unconditional model alone; weight 1: the conditional model alone
+    assert torch.equal(gpt.generate(prefix, greedy=True, guidance=0.0, null_prefix=null),
+                       gpt.generate(null, greedy=True))
+    assert not torch.equal(gpt.generate(null, greedy=True), gpt.generate(prefix, greedy=True))
+    # weight 3, cached or not: the first token is the argmax of u + 3 (c - u)
+    with torch.inference_mode():
+        c = gpt.pixel_logits(prefix, torch.zeros(2, 36, dtype=torch.long))[:, 0]
+        u = gpt.pixel_logits(null, torch.zeros(2, 36, dtype=torch.long))[:, 0]
+    guided = gpt.generate(prefix, greedy=True, guidance=3.0, null_prefix=null)
+    assert torch.equal(guided[:, 0], (u + 3.0 * (c - u)).argmax(-1))
+    assert torch.equal(guided, gpt.generate(prefix, greedy=True, guidance=3.0, null_prefix=null,
+                                            use_cache=False))
+    completed = gpt.generate(prefix, known=known, greedy=True, guidance=3.0, null_prefix=null)
+    assert completed.shape == (2, 36) and torch.equal(completed[:, :18], known)
+    with pytest.raises(UserError, match="null_prefix"):
+        gpt.generate(prefix, guidance=2.0)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "naive"])
 def test_each_cached_step_gives_the_logits_of_the_full_pass(attention):
     gpt = tiny_gpt(attention, num_classes=2)
@@ -205,7 +231,7 @@ def test_conditional_generation_is_scored_by_a_classifier(make_cfg, tmp_path):
     metrics = train(make_cfg("experiment=pixel_lm_shapes", "data.num_images=300", "logger=csv",
                              "debug=fdr", f"strategy.gen_classifier={judge}",
                              "strategy.gen_samples_per_class=2", "strategy.probe=false",
-                             output_dir=tmp_path / "lm"))
+                             "strategy.guidance=2.0", output_dir=tmp_path / "lm"))
     assert 0.0 <= metrics["gen/acc"] <= 1.0 and 0.0 <= metrics["gen/acc_caption"] <= 1.0
     names = sorted(p.name for p in (tmp_path / "lm" / "figures").glob("samples_*.png"))
     assert names == ["samples_caption.png", "samples_class.png", "samples_completion.png",
@@ -219,6 +245,7 @@ def test_conditional_generation_is_scored_by_a_classifier(make_cfg, tmp_path):
     (["strategy.stage=train"], "strategy.stage='train': choose one of pretrain, finetune"),
     (["strategy.net.conditions=[colour]"], "'colour' is not a condition"),
     (["strategy.net.dim=30"], "multiple of strategy.net.heads"),
+    (["strategy.guidance=2"], "strategy.guidance=2.*only for a model with conditions"),
     (["strategy.augment=true", "data.datamodule.augment=[{_target_: "
       "torchvision.transforms.v2.ColorJitter, brightness: 0.3}]"], "ColorJitter may change colours"),
 ])

@@ -21,9 +21,10 @@ Runs (`python -m lmvision.train`, CSV logger; `--device gpu`: `trainer=gpu` in b
   (`gen/acc`, `gen/acc_caption`).
 
 ``--out DIR`` also copies the results JSON and the sample grids there; ``--keep DIR`` keeps both
-runs (checkpoints, logs, figures) there. ``--temperatures T ...`` also scores ``gen/acc`` of the
-tested checkpoint at those sampling temperatures (``lmvision-eval`` with the probes off; the
-run itself samples at the strategy's temperature, 1.0). ``--from-runs DIR`` takes the judge
+runs (checkpoints, logs, figures) there. ``--temperatures T ...`` and ``--guidance G ...`` also
+score ``gen/acc`` of the tested checkpoint at each pair of a sampling temperature and a
+classifier-free guidance weight (``lmvision-eval`` with the probes off; the run itself samples
+at the strategy's temperature 1.0, without guidance). ``--from-runs DIR`` takes the judge
 and the pixel LM from an earlier ``--keep DIR`` instead of training them (given the same
 options), e.g. to add temperatures to a finished run.
 """
@@ -63,6 +64,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[],
                         help="also score gen/acc at these sampling temperatures")
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0],
+                        help="classifier-free guidance weights scored with each of --temperatures")
     parser.add_argument("--gen-samples-per-class", type=int, default=25,
                         help="class-conditioned samples per class of --temperatures (the run's "
                              "own gen/acc keeps the experiment's 25)")
@@ -115,17 +118,17 @@ def main() -> int:
                                lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
         epochs = _epochs(lm_dir)
         tested = _tested_checkpoint(lm_dir)
-        by_temperature = {}
-        for t in args.temperatures:
+        by_setting = {}
+        for t, g in [(t, g) for t in args.temperatures for g in args.guidance]:
             # "+": lmvision-eval composes image_classifier's options before it reads the
             # checkpoint's, and these are pixel_lm's
             r = studies.evaluate([f"ckpt_path={tested}", *trainer, "+strategy.probe=false",
-                                  f"+strategy.temperature={t}",
+                                  f"+strategy.temperature={t}", f"+strategy.guidance={g}",
                                   f"+strategy.gen_samples_per_class={args.gen_samples_per_class}",
                                   f"+strategy.gen_classifier={judge_ckpt}"],
-                                 Path(tmp) / f"eval-{t}")
-            by_temperature[t] = {k: r[k] for k in ("gen/acc", "gen/acc_caption")}
-            print(f"temperature {t:g}: gen/acc {r['gen/acc']:.4f}, caption "
+                                 Path(tmp) / f"eval-{t}-{g}")
+            by_setting[(t, g)] = {k: r[k] for k in ("gen/acc", "gen/acc_caption")}
+            print(f"temperature {t:g}, guidance {g:g}: gen/acc {r['gen/acc']:.4f}, caption "
                   f"{r['gen/acc_caption']:.4f}", flush=True)
         prefix = f"{args.device}_shapes_"
         pngs = sorted((lm_dir / "figures").glob("samples_*.png"))
@@ -161,19 +164,21 @@ def main() -> int:
         f"{lm['gen/acc_caption']:.4f} |", "",
         "Probe test accuracy by block: " + ", ".join(
             f"{k.rsplit('_', 1)[1]}: {lm[k]:.4f}" for k in layers) + ".", "",
-        *([f"gen/acc of the tested checkpoint by sampling temperature (no top-k, no top-p; "
-            f"{args.gen_samples_per_class} class-conditioned samples per class, and as many "
-            f"caption-conditioned ones, up to the test split's size):", "",
-            "| temperature | gen/acc (class) | gen/acc (caption) |", "|---|---|---|",
-            *[f"| {t:g} | {r['gen/acc']:.4f} | {r['gen/acc_caption']:.4f} |"
-              for t, r in by_temperature.items()], ""] if by_temperature else []),
+        *([f"gen/acc of the tested checkpoint by sampling temperature and classifier-free "
+            f"guidance weight (1: none; no top-k, no top-p; {args.gen_samples_per_class} "
+            f"class-conditioned samples per class, and as many caption-conditioned ones, up to "
+            f"the test split's size):", "",
+            "| temperature | guidance | gen/acc (class) | gen/acc (caption) |", "|---|---|---|---|",
+            *[f"| {t:g} | {g:g} | {r['gen/acc']:.4f} | {r['gen/acc_caption']:.4f} |"
+              for (t, g), r in by_setting.items()], ""] if by_setting else []),
         f"Sample grids of the last validation epoch: `{prefix}samples_*.png` beside this README.",
         "", *[f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()],
     ]
     text = "\n".join(lines)
     print(text)
     results = {"judge": judge, "pixel_lm": lm, "overrides": lm_overrides,
-               "gen_by_temperature": {str(t): r for t, r in by_temperature.items()}}
+               "gen_by_setting": [{"temperature": t, "guidance": g, **r}
+                                  for (t, g), r in by_setting.items()]}
     if args.out:
         write_json(args.out / f"{args.device}_shapes.json", results)
     if args.write_readme:

@@ -219,7 +219,8 @@ class PixelGPT(nn.Module):
     def generate(self, prefix: torch.Tensor, known: torch.Tensor | None = None,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  greedy: bool = False, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, guidance: float = 1.0,
+                 null_prefix: torch.Tensor | None = None) -> torch.Tensor:
         """Complete images: (B, N) palette tokens, the first ``known`` (B, n) given.
 
         Args:
@@ -230,33 +231,50 @@ class PixelGPT(nn.Module):
             use_cache: Keep keys and values of earlier tokens (one token per step) or re-read
                 the whole sequence at every step.
             generator: Random generator of the sampling.
+            guidance: Classifier-free guidance weight ``g``: each next token is drawn from
+                ``u + g * (c - u)``, where ``c`` are the logits given ``prefix`` and ``u`` those
+                given ``null_prefix``. A model trained with its conditions dropped for a share of
+                the images has learned both. ``g=1`` samples from ``c`` alone, ``g>1`` leans
+                further towards the condition. Both sequences are run as one batch.
+            null_prefix: (B, P) "no condition" tokens (see :meth:`prefix`), for ``guidance``.
         """
-        b, device = len(prefix), prefix.device
-        pixels = torch.zeros(b, self.num_pixels, dtype=torch.long, device=device)
+        b = len(prefix)
+        if guidance != 1.0:
+            if null_prefix is None or null_prefix.shape != prefix.shape:
+                raise UserError("sampling with guidance != 1 needs the 'no condition' prefix "
+                                "(null_prefix) of the same shape as the prefix")
+            prefix = torch.cat([prefix, null_prefix])  # rows b..2b-1: the unconditional pass
+            known = None if known is None else known.repeat(2, 1)
+        rows, device = len(prefix), prefix.device
+        pixels = torch.zeros(rows, self.num_pixels, dtype=torch.long, device=device)
         n_known = 0 if known is None else known.shape[1]
         if n_known:
             pixels[:, :n_known] = known
         if n_known == self.num_pixels:
-            return pixels
-        ids = self.inputs(prefix, pixels)  # (B, P + N)
+            return pixels[:b]
+        ids = self.inputs(prefix, pixels)  # (rows, P + N)
         first = prefix.shape[1] + n_known  # the position whose output predicts pixel n_known
         if use_cache:
-            cache = KVCache(self.depth, b, self.heads, self.max_length, self.dim // self.heads,
-                            device, self.position.dtype)
-            step = self._stepper(cache, b, device)  # before the pass below: it writes the cache
+            cache = KVCache(self.depth, rows, self.heads, self.max_length,
+                            self.dim // self.heads, device, self.position.dtype)
+            step = self._stepper(cache, rows, device)  # before the pass below: it writes the cache
             logits = self(ids[:, :first + 1], cache, 0)[:, -1]
         for i in range(n_known, self.num_pixels):
             position = prefix.shape[1] + i
             if not use_cache:
                 logits = self(ids[:, :position + 1])[:, -1]
+            if rows > b:  # guided: u + g (c - u), and the same token for both passes
+                logits = logits[b:] + guidance * (logits[:b] - logits[b:])
             token = pick(logits, temperature, top_k, top_p, greedy, generator)
+            if rows > b:
+                token = token.repeat(2)
             pixels[:, i] = token
             if i + 1 < self.num_pixels:
                 if use_cache:
                     logits = step(token, position + 1)
                 else:
                     ids[:, position + 1] = token
-        return pixels
+        return pixels[:b]
 
     def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Logits (B, V) of the token after ``token`` (B,), which sits at ``position`` (a (1,)

@@ -66,6 +66,9 @@ class PixelLMStrategy(Strategy):
         sample_every_n_epochs: Draw the grids every this many validation epochs (and always at
             the last epoch).
         temperature, top_k, top_p: Sampling settings of the grids and of ``gen/acc``.
+        guidance: Classifier-free guidance weight of conditional samples (grids per class and
+            per caption, ``gen/acc``): 1 samples from the conditional model alone, more leans
+            further towards the condition (see :meth:`PixelGPT.generate`).
         gen_classifier: Path of a trained ``image_classifier`` checkpoint that scores
             conditional samples when testing (``None``: no ``gen/acc``).
         gen_samples_per_class: Class-conditioned samples per class for ``gen/acc``.
@@ -77,7 +80,8 @@ class PixelLMStrategy(Strategy):
                  augment: bool = False, palette_images: int = 2000, palette_seed: int = 0, probe: bool = True,
                  probe_max_train: int = 5000, samples: int = 16, sample_every_n_epochs: int = 1,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 gen_classifier: str | None = None, gen_samples_per_class: int = 8,
+                 guidance: float = 1.0, gen_classifier: str | None = None,
+                 gen_samples_per_class: int = 8,
                  optimizer=None, scheduler=None, monitor: str = "val/bits_per_dim",
                  monitor_mode: str = "min") -> None:
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
@@ -87,6 +91,9 @@ class PixelLMStrategy(Strategy):
             raise UserError("strategy.net.classify must be true exactly when strategy.stage=finetune")
         if not 0.0 <= condition_dropout < 1.0:
             raise UserError(f"strategy.condition_dropout must be in [0, 1), got {condition_dropout}")
+        if guidance < 0 or (guidance != 1.0 and not net.conditions):
+            raise UserError(f"strategy.guidance={guidance}: guidance must be >= 0, and other than 1 "
+                            f"only for a model with conditions (strategy.net.conditions)")
         if "caption" in net.conditions and tokenizer is None:
             raise UserError("caption conditioning needs a tokenizer (text_encoder.tokenizer)")
         self.num_classes, self.stage, self.tokenizer = num_classes, stage, tokenizer
@@ -95,6 +102,7 @@ class PixelLMStrategy(Strategy):
         self.probe, self.probe_max_train = probe and stage == "pretrain", probe_max_train
         self.samples, self.sample_every_n_epochs = samples, max(1, sample_every_n_epochs)
         self.sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+        self.guidance = guidance
         self.gen_classifier, self.gen_samples_per_class = gen_classifier, gen_samples_per_class
         self.raw_pixels = True  # the datamodule serves pixels in [0, 1], unnormalised
         self.augment_pixels = bool(augment)  # ... with its geometric augmentation, or none
@@ -134,6 +142,16 @@ class PixelLMStrategy(Strategy):
                     drop = torch.rand(n, device=device) < self.condition_dropout
                     captions[drop] = self.null_captions(int(drop.sum()), device)
         return gpt.prefix(labels, captions, batch=n, device=device)
+
+    def guided(self, n: int, device) -> dict:
+        """The guidance settings of ``n`` conditional samples: the weight and the prefix of
+        "no condition" that it weighs against."""
+        if self.guidance == 1.0:
+            return {}
+        return {"guidance": self.guidance,
+                "null_prefix": self.net.gpt.prefix(None, self.null_captions(n, device)
+                                                   if self.net.gpt.caption_tokens else None,
+                                                   batch=n, device=device)}
 
     def null_captions(self, n: int, device) -> torch.Tensor:
         pad = getattr(self.tokenizer, "pad_token_id", None) or 0
@@ -212,12 +230,14 @@ class PixelLMStrategy(Strategy):
             prefix = gpt.prefix(labels, self.null_captions(len(labels), device)
                                 if gpt.caption_tokens else None, batch=len(labels), device=device)
             names = self.class_names()
-            grids["class"] = (images(gpt.generate(prefix, **settings)),
+            grids["class"] = (images(gpt.generate(prefix, **settings,
+                                                  **self.guided(len(labels), device))),
                               [names[i] for i in labels.tolist()])
         if gpt.caption_tokens:
             prefix = self.condition({**shown, "label": torch.full_like(shown["label"], -1)},
                                     train=False)
-            grids["caption"] = (images(gpt.generate(prefix, **settings)),
+            grids["caption"] = (images(gpt.generate(prefix, **settings,
+                                                    **self.guided(n, device))),
                                 [c[:40] for c in shown["caption"]])
         self.net.train(was_training)
         return grids
@@ -285,7 +305,8 @@ class PixelLMStrategy(Strategy):
                 self.gen_samples_per_class)
             prefix = gpt.prefix(labels, self.null_captions(len(labels), device)
                                 if gpt.caption_tokens else None, batch=len(labels), device=device)
-            drawn = self.net.palette.decode(gpt.generate(prefix, **settings), size)
+            drawn = self.net.palette.decode(
+                gpt.generate(prefix, **settings, **self.guided(len(labels), device)), size)
             out["gen/acc"] = (judge({"image": normalise(drawn)}).argmax(1) == labels).float().mean()
         if gpt.caption_tokens:
             data = self.trainer.datamodule.data_test
@@ -294,7 +315,8 @@ class PixelLMStrategy(Strategy):
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             prefix = self.condition({**batch, "label": torch.full_like(batch["label"], -1)},
                                     train=False)
-            drawn = self.net.palette.decode(gpt.generate(prefix, **settings), size)
+            drawn = self.net.palette.decode(
+                gpt.generate(prefix, **settings, **self.guided(count, device)), size)
             hits = judge({"image": normalise(drawn)}).argmax(1) == batch["label"]
             out["gen/acc_caption"] = hits.float().mean()
         self.net.train(was_training)
