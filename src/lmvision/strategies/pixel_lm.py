@@ -19,7 +19,9 @@ caption tokens.
 
 At each validation epoch it draws completions of validation images from their top half and
 unconditional, class- and caption-conditioned samples (as the model allows), saved as PNG under
-``figures/`` and sent to W&B. With ``gen_classifier=<an image_classifier checkpoint>`` testing
+``figures/`` and sent to W&B. ``guidance`` > 1 samples the conditional ones with
+classifier-free guidance (the model has learned "no condition" too, from ``condition_dropout``).
+With ``gen_classifier=<an image_classifier checkpoint>`` testing
 scores conditional generation: ``gen/acc`` is the share of class-conditioned samples that the
 classifier assigns to the requested class, ``gen/acc_caption`` the same for caption-conditioned
 samples (the class of the item whose caption was given).
