@@ -37,14 +37,14 @@ def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     kept, again = tmp_path / "kept", tmp_path / "again"
     again.mkdir()
     result = run_cli([script, "--smoke", "--out", str(tmp_path), "--keep", str(kept),
-                      "--temperatures", "0.5", "--guidance", "1", "2",
+                      "--temperatures", "0.5", "--guidance", "2",
                       "--gen-samples-per-class", "3"], cwd=tmp_path, timeout=900)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     data = json.loads((tmp_path / "cpu_shapes.json").read_text())
     assert {"probe/acc_best", "probe/acc_random_init", "gen/acc", "gen/acc_caption"} \
         <= set(data["pixel_lm"])
     settings = [(r["temperature"], r["guidance"]) for r in data["gen_by_setting"]]
-    assert settings == [(0.5, 1), (0.5, 2)]
+    assert settings == [(0.5, 2)]
     assert "| 0.5 | 2 | " in result.stdout and "3 class-conditioned samples per class" in result.stdout
     assert (tmp_path / "cpu_shapes_samples_class.png").stat().st_size > 0
     assert "Run directory:" in (tmp_path / "pixel_lm_train.log").read_text()
@@ -53,7 +53,7 @@ def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     assert list((kept / "lm" / "checkpoints").glob("*.ckpt"))
 
     result = run_cli([script, "--smoke", "--out", str(again), "--from-runs", str(kept),
-                      "--temperatures", "0.5", "--guidance", "1", "2",
+                      "--temperatures", "0.5", "--guidance", "2",
                       "--gen-samples-per-class", "3"], cwd=tmp_path, timeout=900)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     assert "pixel LM: training" not in result.stdout  # nothing trained again
