@@ -129,31 +129,35 @@ class PixelLMStrategy(Strategy):
         """The prefix of a batch: its class and caption (each dropped for a share of training
         examples), or "no condition" everywhere when ``use`` is False."""
         gpt, n, device = self.net.gpt, len(batch["image"]), batch["image"].device
+        if not use:
+            return self.null_prefix(n, device)
         labels = captions = None
-        if gpt.num_classes and use:
+        if gpt.num_classes:
             labels = batch["label"].clone()
             if train and self.condition_dropout:
                 labels[torch.rand(n, device=device) < self.condition_dropout] = -1
         if gpt.caption_tokens:
             captions = self.null_captions(n, device)
-            if use:
-                ids = batch["caption_ids"][:, :gpt.caption_tokens]
-                mask = batch["caption_mask"][:, :gpt.caption_tokens].bool()
-                captions[:, :ids.shape[1]] = torch.where(mask, ids, captions[:, :ids.shape[1]])
-                if train and self.condition_dropout:
-                    drop = torch.rand(n, device=device) < self.condition_dropout
-                    captions[drop] = self.null_captions(int(drop.sum()), device)
+            ids = batch["caption_ids"][:, :gpt.caption_tokens]
+            mask = batch["caption_mask"][:, :gpt.caption_tokens].bool()
+            captions[:, :ids.shape[1]] = torch.where(mask, ids, captions[:, :ids.shape[1]])
+            if train and self.condition_dropout:
+                drop = torch.rand(n, device=device) < self.condition_dropout
+                captions[drop] = self.null_captions(int(drop.sum()), device)
         return gpt.prefix(labels, captions, batch=n, device=device)
+
+    def null_prefix(self, n: int, device) -> torch.Tensor:
+        """The prefix of ``n`` sequences with no condition: no class, an all-padding caption."""
+        gpt = self.net.gpt
+        captions = self.null_captions(n, device) if gpt.caption_tokens else None
+        return gpt.prefix(None, captions, batch=n, device=device)
 
     def guided(self, n: int, device) -> dict:
         """The guidance settings of ``n`` conditional samples: the weight and the prefix of
         "no condition" that it weighs against."""
         if self.guidance == 1.0:
             return {}
-        return {"guidance": self.guidance,
-                "null_prefix": self.net.gpt.prefix(None, self.null_captions(n, device)
-                                                   if self.net.gpt.caption_tokens else None,
-                                                   batch=n, device=device)}
+        return {"guidance": self.guidance, "null_prefix": self.null_prefix(n, device)}
 
     def null_captions(self, n: int, device) -> torch.Tensor:
         pad = getattr(self.tokenizer, "pad_token_id", None) or 0
@@ -223,7 +227,7 @@ class PixelLMStrategy(Strategy):
 
         tokens = self.net.palette.encode(shown["image"])
         half = (size // 2) * size
-        null = self.condition(shown, train=False, use=False)
+        null = self.null_prefix(n, device)
         grids = {"completion": (torch.cat([images(tokens), images(gpt.generate(
             null, known=tokens[:, :half], **settings))]), ["original"] * n + ["completed"] * n),
                  "unconditional": (images(gpt.generate(null, **settings)), None)}
