@@ -45,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     results: dict[str, list[dict]] = {}
+    sampling: dict[str, float] = {}  # the shapes run's own sampling settings (its config)
     where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
         def run(name: str, seed: int, overrides: list[str]) -> Path:
@@ -66,6 +67,7 @@ def main() -> int:
             lm = run("shapes pretrain", seed, [
                 "experiment=pixel_lm_shapes",
                 f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
+            sampling.update(sampling_settings(lm))
             if args.write_readme and seed == args.seeds[0]:
                 for png in (lm / "figures").glob("samples_*.png"):
                     shutil.copy(png, HERE / f"shapes_{png.name}")
@@ -112,7 +114,8 @@ def main() -> int:
         "Probe test accuracy by block (pretrained):", "",
         "| data | " + " | ".join(k.split("_")[-1] for k in layers) + " |",
         "|---|" + "---|" * len(layers), *by_layer, "",
-        f"Generation on shapes (`target=shape`, judged by the CNN above): class-conditioned "
+        f"Generation on shapes (`target=shape`, judged by the CNN above; sampled at "
+        f"{', '.join(f'{k} {v:g}' for k, v in sampling.items())}): class-conditioned "
         f"gen/acc {col('shapes pretrain', 'gen/acc')}, caption-conditioned "
         f"{col('shapes pretrain', 'gen/acc_caption')}. Sample grids of the first seed's last "
         "epoch: `shapes_samples_*.png`, `digits_samples_*.png` beside this README.", "",
@@ -125,6 +128,14 @@ def main() -> int:
         write_json(HERE / "results.json", {k: [{m: v for m, v in r.items() if m != "last_lines"}
                                               for r in runs] for k, runs in results.items()})
     return 0 if all(checks.values()) else 1
+
+
+def sampling_settings(run_dir: Path) -> dict[str, float]:
+    """The temperature and classifier-free guidance weight a run sampled with (its config)."""
+    from omegaconf import OmegaConf
+
+    strategy = OmegaConf.load(run_dir / ".hydra" / "config.yaml").strategy
+    return {"temperature": float(strategy.temperature), "guidance": float(strategy.guidance)}
 
 
 if __name__ == "__main__":
