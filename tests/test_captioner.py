@@ -150,6 +150,11 @@ def test_faithfulness_parts():
     maps[0, 2, 2] = 1.0  # on the object
     maps[1, 0, 3] = 1.0  # off it
     assert pointing_hits(maps, masks).tolist() == [True, False]
+    flat = torch.zeros(2, 4, 4)
+    flat[0, 0:2, 0:2] = 1.0  # a 2x2 cell with one of its four pixels on the object
+    flat[1, 2:4, 2:4] = 1.0  # its first pixel on the object, the other three off it
+    assert pointing_hits(flat, masks).tolist() == [0.25, 0.25]
+    assert pointing_hits(torch.zeros(1, 4, 4), masks[:1]).tolist() == [4 / 16]  # no peak: chance
     f = Faithfulness(["circle", "square"], None)
     f.update(["a circle", "a circle"], torch.tensor([0, 1]), torch.tensor([0, 0]))
     f.update_pointing("gradcam", maps, masks)
@@ -177,7 +182,7 @@ class RedInRegion(nn.Module):
 @pytest.mark.parametrize("method", SALIENCY_METHODS)
 def test_each_saliency_method_peaks_where_the_classifier_looks(method):
     masks = torch.zeros(3, 16, 16, dtype=torch.bool)
-    masks[:, 8:14, 5:11] = True  # off the corner: an all-zero map peaks at (0, 0) and misses
+    masks[:, 8:14, 5:11] = True  # off the corner: an all-zero map scores the object's share
     images = torch.full((3, 3, 16, 16), 0.2)
     images[:, 0][masks] = 1.0
     images[1, 1] = 0.6  # another background colour
@@ -185,11 +190,14 @@ def test_each_saliency_method_peaks_where_the_classifier_looks(method):
     maps = saliency(method, model, model, images, torch.zeros(3, dtype=torch.long),
                     baseline=torch.zeros(3))
     assert maps.shape == (3, 16, 16) and (maps >= 0).all()
-    assert pointing_hits(maps, masks).all()
-    if method == "lime":  # seeded: the same map twice
+    assert (pointing_hits(maps, masks) == 1).all()
+    if method == "lime":  # seeded per image: the same map twice, and alone as in a batch
         again = saliency(method, model, model, images, torch.zeros(3, dtype=torch.long),
                          baseline=torch.zeros(3))
         assert torch.equal(maps, again)
+        alone = saliency(method, model, model, images[2:], torch.zeros(1, dtype=torch.long),
+                         baseline=torch.zeros(3))
+        assert torch.equal(alone[0], maps[2])
 
 
 # -- the model and its decoding ----------------------------------------------------------------

@@ -9,8 +9,9 @@ the classifier looked:
   reads the generated caption, relative to the image classifier's accuracy;
 * ``counterfactual``: with the object masked out, how often the caption (as the text
   classifier reads it) and the prediction change together (both change, or neither);
-* ``pointing``: share of images whose saliency peak falls on the object (a random peak scores
-  the object's share of the image, reported as ``pointing_random``).
+* ``pointing``: share of images whose saliency peak falls on the object (a peak of several
+  pixels at the same maximum counts the share of them on the object; a random peak scores the
+  object's share of the image, reported as ``pointing_random``).
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ def lime(Lime, forward: Callable, x: torch.Tensor, targets: torch.Tensor,
     """LIME (Ribeiro et al. 2016) on a grid of ``side``-pixel cells as superpixels: ``samples``
     random subsets of cells are shown (the rest filled with ``reference``), and a ridge
     regression of the class score on which cells were shown, weighted by closeness to the
-    whole image, gives each cell its weight. Seeded, so a map repeats itself."""
+    whole image, gives each cell its weight. Seeded per image, so an image's map repeats itself
+    whatever batch it is explained in."""
     from captum._utils.models.linear_model import SkLearnRidge
 
     h, w = x.shape[-2:]
@@ -126,8 +128,8 @@ def lime(Lime, forward: Callable, x: torch.Tensor, targets: torch.Tensor,
     explainer = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0))
     maps = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
         for i in range(len(x)):  # LIME fits one regression per image
+            torch.manual_seed(0)  # the same draws for each image, wherever it sits in the batch
             attr = explainer.attribute(x[i:i + 1], target=targets[i:i + 1],
                                        baselines=reference[i:i + 1], feature_mask=feature_mask,
                                        n_samples=samples, perturbations_per_eval=64)
@@ -136,9 +138,14 @@ def lime(Lime, forward: Callable, x: torch.Tensor, targets: torch.Tensor,
 
 
 def pointing_hits(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(B,) whether each map's peak falls on the object."""
-    flat = maps.flatten(1).argmax(1)
-    return masks.flatten(1).bool().gather(1, flat.unsqueeze(1)).squeeze(1)
+    """(B,) whether each map's peak falls on the object: 1 or 0 for a single peak pixel. A peak
+    of several pixels at the same maximum (a LIME cell, a flat map) scores the share of them on
+    the object, as a peak drawn among them would on average; taking the first of them would
+    favour the top-left of every cell."""
+    flat = maps.flatten(1)
+    peak = flat == flat.max(1, keepdim=True).values
+    on_object = (peak & masks.flatten(1).bool()).sum(1)
+    return on_object.float() / peak.sum(1).float()
 
 
 class Faithfulness:
