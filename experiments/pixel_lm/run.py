@@ -1,7 +1,7 @@
 """Pixel-LM study: does a language model trained on pixels alone learn to recognise, and does
 it draw what it is asked to? Writes README.md's results and copies the sample grids beside it.
 
-    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~75 min on 2 CPU cores
+    .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~50 min on 2 CPU cores
 
 Runs (`python -m lmvision.train`, CSV logger), for each seed:
 
