@@ -98,12 +98,12 @@ def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:
     return rows, greedy_same
 
 
-def speed_text(speed: list[dict], greedy_same: bool, command: str) -> str:
+def speed_text(speed: list[dict], greedy_same: bool, command: str, where: str) -> str:
     by = {(r["model"], r["batch"], r["decoding"], r["cache"]): r["captions_per_s"] for r in speed}
     models = list(dict.fromkeys(r["model"] for r in speed))
     kinds = list(dict.fromkeys((r["model"], r["decoding"]) for r in speed))
     lines = [
-        f"{studies.environment_line()} Command: `{command}`.", "",
+        f"{where} Command: `{command}`.", "",
         "| decoding (captions / s) | batch | KV cache | no cache | speed-up |", "|---|---|---|---|---|",
         *[f"| {m}, {d} | {b} | {by[(m, b, d, True)]:.1f} | {by[(m, b, d, False)]:.1f} | "
           f"{by[(m, b, d, True)] / by[(m, b, d, False)]:.2f}× |"
@@ -127,10 +127,12 @@ def main() -> int:
     parser.add_argument("--speed-only", type=Path, default=None, metavar="CKPT",
                         help="only the decoding-speed section, for this captioner checkpoint")
     args = parser.parse_args()
+    where = studies.environment_line()  # before the panel sheet is copied beside the README
     if args.speed_only:
         speed, greedy_same = decoding_speed(args.speed_only, args.quick)
         text = speed_text(speed, greedy_same, "python experiments/captioner/run.py --speed-only "
-                                              "<captioner_shapes run>/checkpoints/last.ckpt")
+                                              "<captioner_shapes run>/checkpoints/last.ckpt",
+                          where)
         print(text)
         if args.write_readme:
             studies.write_results(HERE / "README.md", text, section="speed")
@@ -174,7 +176,7 @@ def main() -> int:
          f"{mean(explained, 'explain/pointing'):.4f}"),
     ]
     lines = [
-        f"{studies.environment_line()} Seeds {', '.join(map(str, args.seeds))}. Command: "
+        f"{where} Seeds {', '.join(map(str, args.seeds))}. Command: "
         f"`python experiments/captioner/run.py{' --quick' if args.quick else ''} --write-readme`.",
         "",
         "| caption scores (test, 5 references) | BLEU-1 | BLEU-4 | ROUGE-L | CIDEr | test/acc (head) |",
@@ -197,7 +199,8 @@ def main() -> int:
         *[f"- {'PASS' if ok else 'FAIL'}: {name} ({value})" for name, ok, value in checks],
     ]
     text = "\n".join(lines)
-    timings = speed_text(speed, greedy_same, "python experiments/captioner/run.py --write-readme")
+    timings = speed_text(speed, greedy_same, "python experiments/captioner/run.py --write-readme",
+                         where)
     print(text, timings, sep="\n\n")
     if args.write_readme:
         studies.write_results(HERE / "README.md", text)
