@@ -1,7 +1,7 @@
 """Captioner study: does one model that decides and explains write good captions, and are its
 explanations faithful to its decisions? Writes README.md's results and the panel sheet beside it.
 
-    .venv/bin/python experiments/captioner/run.py --write-readme     # ~25 min on 2 CPU cores
+    .venv/bin/python experiments/captioner/run.py --write-readme     # 7-25 min on 2 CPU cores
     .venv/bin/python experiments/captioner/run.py --quick            # a smoke run
 
 For each seed: `python -m lmvision.train experiment=captioner_shapes` (the multi-task
