@@ -39,6 +39,16 @@ def evaluate(overrides: list[str], run_dir: Path, env: dict[str, str] | None = N
     return _run("lmvision.evaluate", overrides, run_dir, env, log)
 
 
+def sampling_settings(run_dir: Path) -> dict[str, float]:
+    """The temperature and classifier-free guidance weight a ``pixel_lm`` run sampled with,
+    from its ``.hydra/config.yaml`` (a run from before ``strategy.guidance`` sampled without)."""
+    from omegaconf import OmegaConf
+
+    strategy = OmegaConf.load(run_dir / ".hydra" / "config.yaml").strategy
+    return {"temperature": float(strategy.temperature),
+            "guidance": float(strategy.get("guidance", 1.0))}
+
+
 def read_run(run_dir: Path, stdout: str = "") -> dict:
     """A finished run's metrics plus the timings of its run record (``fit_seconds`` is
     ``None`` for an evaluation)."""

@@ -49,6 +49,7 @@ def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     assert (tmp_path / "cpu_shapes_samples_class.png").stat().st_size > 0
     assert "Run directory:" in (tmp_path / "pixel_lm_train.log").read_text()
     assert "(trained 1 epochs" in result.stdout
+    assert "gen/acc sampled at temperature 1, guidance 2)" in result.stdout  # pixel_lm_shapes'
     assert "Data: 300 shapes images" in result.stdout
     assert list((kept / "lm" / "checkpoints").glob("*.ckpt"))
 

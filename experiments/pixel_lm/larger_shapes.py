@@ -24,7 +24,7 @@ Runs (`python -m lmvision.train`, CSV logger; `--device gpu`: `trainer=gpu` in b
 runs (checkpoints, logs, figures) there. ``--temperatures T ...`` and ``--guidance G ...`` also
 score ``gen/acc`` of the tested checkpoint at each pair of a sampling temperature and a
 classifier-free guidance weight (``lmvision-eval`` with the probes off; the run itself samples
-at the strategy's temperature 1.0, without guidance). ``--from-runs DIR`` takes the judge
+at the experiment's settings, which its section names). ``--from-runs DIR`` takes the judge
 and the pixel LM from an earlier ``--keep DIR`` instead of training them (given the same
 options), e.g. to add temperatures to a finished run.
 """
@@ -118,6 +118,7 @@ def main() -> int:
                                lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
         epochs = _epochs(lm_dir)
         tested = _tested_checkpoint(lm_dir)
+        sampling = studies.sampling_settings(lm_dir)
         by_setting = {}
         for t, g in [(t, g) for t in args.temperatures for g in args.guidance]:
             # "+": lmvision-eval composes image_classifier's options before it reads the
@@ -154,7 +155,8 @@ def main() -> int:
         f"Model: dim {args.dim}, depth {args.depth}, heads {args.heads}; batch {args.batch}, lr "
         f"{args.lr}, up to {args.epochs} epochs or {args.max_minutes:g} min of training "
         f"(trained {epochs} epochs in {lm['fit_seconds']:.0f} s; the checkpoint with the best "
-        f"val/bits_per_dim is tested).", "",
+        f"val/bits_per_dim is tested; its gen/acc sampled at "
+        f"{', '.join(f'{k} {v:g}' for k, v in sampling.items())}).", "",
         "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
         "| CNN (judge) | test bits/dim | gen/acc (class) | gen/acc (caption) |",
         "|---|---|---|---|---|---|---|---|",

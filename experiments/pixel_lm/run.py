@@ -67,7 +67,7 @@ def main() -> int:
             lm = run("shapes pretrain", seed, [
                 "experiment=pixel_lm_shapes",
                 f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
-            sampling.update(sampling_settings(lm))
+            sampling.update(studies.sampling_settings(lm))
             if args.write_readme and seed == args.seeds[0]:
                 for png in (lm / "figures").glob("samples_*.png"):
                     shutil.copy(png, HERE / f"shapes_{png.name}")
@@ -128,14 +128,6 @@ def main() -> int:
         write_json(HERE / "results.json", {k: [{m: v for m, v in r.items() if m != "last_lines"}
                                               for r in runs] for k, runs in results.items()})
     return 0 if all(checks.values()) else 1
-
-
-def sampling_settings(run_dir: Path) -> dict[str, float]:
-    """The temperature and classifier-free guidance weight a run sampled with (its config)."""
-    from omegaconf import OmegaConf
-
-    strategy = OmegaConf.load(run_dir / ".hydra" / "config.yaml").strategy
-    return {"temperature": float(strategy.temperature), "guidance": float(strategy.guidance)}
 
 
 if __name__ == "__main__":
