@@ -25,6 +25,7 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
                      cwd=tmp_path, timeout=600)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     assert "| PixelGPT, sdpa |" in result.stdout and "KV cache" in result.stdout
+    assert "sampling with the KV cache, compiled step, ≥ 5× faster" in result.stdout
     assert "| dim 32, depth 2 | 0 M | 4 | no |" in result.stdout  # the MFU code, on a toy model
 
 

@@ -5,6 +5,7 @@ generation."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,25 @@ def test_cached_and_uncached_sampling_give_the_same_tokens(attention):
     assert torch.equal(a, b)
 
 
+def test_the_compiled_step_samples_what_the_uncached_model_samples():
+    """``compile_step=True`` runs the fixed-shape step through torch.compile (here on the CPU:
+    called as it is; on a GPU: inside the CUDA graph, the test below)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    gpt = tiny_gpt("sdpa", num_classes=2)
+    prefix = gpt.prefix(torch.tensor([1, -1]))
+    known = torch.randint(12, (2, 18), generator=torch.Generator().manual_seed(0))
+    compiled = gpt.generate(prefix, known=known, greedy=True, compile_step=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert torch.equal(compiled, gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+    null = gpt.prefix(None, batch=2)  # guided: both passes in one batch of 4 rows
+    assert torch.equal(gpt.generate(prefix, greedy=True, guidance=2.0, null_prefix=null,
+                                    compile_step=True),
+                       gpt.generate(prefix, greedy=True, guidance=2.0, null_prefix=null,
+                                    use_cache=False))
+
+
 def test_guided_sampling_weighs_the_condition_against_no_condition():
     gpt = tiny_gpt("sdpa", num_classes=2, caption_tokens=3, text_vocab_size=10)
     with torch.no_grad():  # large embeddings and weights: conditions change what is drawn
@@ -151,6 +171,10 @@ def test_the_cuda_graph_step_samples_what_the_eager_step_samples():
     known = torch.randint(12, (3, 10), device="cuda")
     graphed = gpt.generate(prefix, known=known, greedy=True)
     assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to the step without a graph
+        assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True,
+                                                 compile_step=True))
     gpt.train()  # the eager step (no graph) is used in training mode
     assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True))
 
@@ -200,9 +224,13 @@ def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
 
 
 def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
     pretrained = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
                                 "trainer.limit_test_batches=1.0", "strategy.samples=4",
-                                output_dir=tmp_path / "pre"))
+                                "strategy.compile_sampling=true", output_dir=tmp_path / "pre"))
+    assert counters["stats"]["unique_graphs"] >= 1  # the grids were sampled by the compiled step
     assert PROBE | {"test/bits_per_dim", "val/bits_per_dim_best"} <= set(pretrained)
     assert pretrained["test/bits_per_dim"] < 4.0  # a uniform guess over 16 colours is 4 bits
     assert sorted(p.name for p in (tmp_path / "pre" / "figures").glob("samples_*.png")) == [

@@ -27,7 +27,8 @@ token are 6N + 12·L·T·d (N all parameters, L blocks, T = 256 tokens, d the wi
 appendix's count, attention not halved for causality); MFU divides the FLOPs done per second by
 the card's dense bf16 peak (989 TFLOPS for an H100/H200 SXM, or ``--peak-tflops``). The
 ceiling a large bf16 matrix product reaches on the same card is measured and printed beside
-it. GPU results go to the README's own GPU section, so the CPU table stays.
+it. GPU results go to the README's own GPU sections (training and sampling; MFU), so the CPU
+table stays, and ``--skip-mfu`` / ``--mfu-only`` re-measure one GPU part and keep the other.
 """
 
 from __future__ import annotations
@@ -102,28 +103,35 @@ def hugging_face(dim, depth, heads, attention, device):
     return model, forward
 
 
+# how each sampling column calls PixelGPT.generate
+SAMPLERS = {"cache": {"use_cache": True}, "compiled": {"use_cache": True, "compile_step": True},
+            "plain": {"use_cache": False}}
+
+
 def sampling_seconds(model, batch: int, device: str, repeats: int,
-                     plain_repeats: int | None = None) -> dict[bool, float]:
-    """Median wall time of generating ``batch`` whole images with the KV cache (``True``) and
-    without (``False``), after one untimed warm-up run of each; the timed runs alternate, so a
-    slow spell of a shared machine weighs on both alike."""
+                     plain_repeats: int | None = None) -> dict[str, float]:
+    """Median wall time of generating ``batch`` whole images with the KV cache (``cache``), with
+    it and the step compiled (``compiled``), and without the cache (``plain``), after one
+    untimed warm-up run of each (which compiles); the timed runs alternate, so a slow spell of
+    a shared machine weighs on all alike."""
     model.eval()
     prefix = model.prefix(batch=batch, device=device)
 
-    def sample(use_cache: bool) -> float:
+    def sample(kind: str) -> float:
         start = time.perf_counter()
-        model.generate(prefix, greedy=True, use_cache=use_cache)
+        model.generate(prefix, greedy=True, **SAMPLERS[kind])
         sync(device)
         return time.perf_counter() - start
 
-    sample(True), sample(False)
-    times: dict[bool, list[float]] = {True: [], False: []}
+    for kind in SAMPLERS:
+        sample(kind)
+    times: dict[str, list[float]] = {kind: [] for kind in SAMPLERS}
     plain_repeats = repeats if plain_repeats is None else plain_repeats
     for i in range(repeats):
-        times[True].append(sample(True))
-        if i < plain_repeats:
-            times[False].append(sample(False))
-    return {cache: statistics.median(t) for cache, t in times.items()}
+        for kind in SAMPLERS:
+            if kind != "plain" or i < plain_repeats:
+                times[kind].append(sample(kind))
+    return {kind: statistics.median(t) for kind, t in times.items()}
 
 
 # about 100 M parameters, deep and narrow or shallow and wide: (batch, torch.compile) runs of each
@@ -181,6 +189,8 @@ def main() -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="GPU bf16 dense peak for MFU (default: H100/H200 SXM 989)")
     parser.add_argument("--mfu-only", action="store_true", help="only the GPU MFU table")
+    parser.add_argument("--skip-mfu", action="store_true",
+                        help="no GPU MFU table (the README keeps the one it has)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
@@ -189,25 +199,29 @@ def main() -> int:
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = (args.dim, args.depth, args.heads)
-    lines = [f"{studies.environment_line()} Command: `python experiments/pixel_lm_speed/run.py "
-             f"{' '.join(sys.argv[1:])}`.", ""]
-    gpu_lines = ["- No GPU on this machine: no bf16 / MFU figures (run the script on one)."]
-    if device == "cuda" or args.quick:  # first, as the part only a GPU gives; --quick: a toy model
-        peak = (args.peak_tflops or 989.0) * 1e12
+    header = [f"{studies.environment_line()} Command: `python experiments/pixel_lm_speed/run.py "
+              f"{' '.join(sys.argv[1:])}`.", ""]
+    mfu_lines = None  # the GPU MFU table: its own README section, so each part can be re-run alone
+    if (device == "cuda" or args.quick) and not args.skip_mfu:  # first, as only a GPU gives it
+        peak = (args.peak_tflops or 989.0) * 1e12  # --quick: the code on a toy model
         ceiling = matmul_tflops(device, 256 if args.quick else 8192)
         print(f"bf16 matrix product: {ceiling:.0f} TFLOP/s", flush=True)
         runs = {(32, 2, 4): [(4, False)]} if args.quick else MFU_RUNS
         rows = mfu_rows(device, runs, 2 if args.quick else max(args.steps, 20), peak)
-        gpu_lines = mfu_table(rows, peak, ceiling)
-    speedups = {}
+        mfu_lines = header + mfu_table(rows, peak, ceiling)
+    speedups, lines = {}, None
     if not args.mfu_only:
         table, speedups = speed_tables(args, size, device)
-        lines += table
-    lines += gpu_lines
-    text = "\n".join(lines)
-    print(text)
-    if args.write_readme:
-        studies.write_results(HERE / "README.md", text, "gpu" if device == "cuda" else "results")
+        lines = header + table
+        if device != "cuda":
+            lines.append("- No GPU on this machine: no bf16 / MFU figures (run the script on one).")
+    for section, part in (("gpu-mfu", mfu_lines), ("gpu" if device == "cuda" else "results", lines)):
+        if part is None:
+            continue
+        text = "\n".join(part)
+        print(text)
+        if args.write_readme and (device == "cuda" or section != "gpu-mfu"):
+            studies.write_results(HERE / "README.md", text, section)
     return 0 if all(x >= 5 for x in speedups.values()) else 1
 
 
@@ -268,13 +282,14 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
         for batch in batches if (dim, depth, heads) == size else batches[:1]:
             repeats = 1 if args.quick else 5 if batch == 1 else 3
             times = sampling_seconds(sampler, batch, device, repeats, 1 if batch > 1 else None)
-            for use_cache, seconds in times.items():
-                sampling[(dim, depth, batch, use_cache)] = seconds
-                print(f"sampling dim {dim} depth {depth}, batch {batch:3d}, KV cache "
-                      f"{use_cache!s:5s}: {seconds:.2f} s", flush=True)
+            for kind, seconds in times.items():
+                sampling[(dim, depth, batch, kind)] = seconds
+                print(f"sampling dim {dim} depth {depth}, batch {batch:3d}, {kind:8s}: "
+                      f"{seconds:.3f} s", flush=True)
 
     own_rate, hf_rate = rates["PixelGPT, sdpa"], rates["HF GPT-2, sdpa"]
-    speedups = {(d, l): sampling[(d, l, 1, False)] / sampling[(d, l, 1, True)] for d, l, _ in sizes}
+    speedups = {(d, l, kind): sampling[(d, l, 1, "plain")] / sampling[(d, l, 1, kind)]
+                for d, l, _ in sizes for kind in ("cache", "compiled")}
     rows = [f"| {name} | {rate:,.0f} | {rate / own_rate:.2f} |" if isinstance(rate, float)
             else f"| {name} | {rate} | — |" for name, rate in rates.items()]
     compare = (f"- choice: lmvision's PixelGPT ({own_rate:,.0f} tokens/s) "
@@ -286,14 +301,17 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
         f"images of 256 pixel tokens, float32; median of {args.steps} steps.", "",
         "| training (forward + backward + AdamW) | pixel tokens / s | vs PixelGPT sdpa |",
         "|---|---|---|", *rows, "",
-        "| sampling 256-token images (greedy) | with KV cache | without | speed-up |",
-        "|---|---|---|---|",
-        *[f"| dim {d}, depth {l}, batch {b} | {sampling[(d, l, b, True)]:.2f} s | "
-          f"{sampling[(d, l, b, False)]:.2f} s | "
-          f"{sampling[(d, l, b, False)] / sampling[(d, l, b, True)]:.1f}× |"
-          for d, l, _ in sizes for b in batches if (d, l, b, True) in sampling], "",
-        *[f"- {'PASS' if x >= 5 else 'FAIL'}: dim {d}, depth {l}: sampling with the KV cache "
-          f"≥ 5× faster than without, batch 1 ({x:.1f}×)" for (d, l), x in speedups.items()],
+        "| sampling 256-token images (greedy) | KV cache | KV cache, compiled step | without "
+        "cache | speed-up: cache | speed-up: cache, compiled step |",
+        "|---|---|---|---|---|---|",
+        *[f"| dim {d}, depth {l}, batch {b} | {sampling[(d, l, b, 'cache')]:.3f} s | "
+          f"{sampling[(d, l, b, 'compiled')]:.3f} s | {sampling[(d, l, b, 'plain')]:.3f} s | "
+          f"{sampling[(d, l, b, 'plain')] / sampling[(d, l, b, 'cache')]:.1f}× | "
+          f"{sampling[(d, l, b, 'plain')] / sampling[(d, l, b, 'compiled')]:.1f}× |"
+          for d, l, _ in sizes for b in batches if (d, l, b, "cache") in sampling], "",
+        *[f"- {'PASS' if x >= 5 else 'FAIL'}: dim {d}, depth {l}: sampling with the KV cache"
+          f"{', compiled step,' if kind == 'compiled' else ''} ≥ 5× faster than without, "
+          f"batch 1 ({x:.1f}×)" for (d, l, kind), x in speedups.items()],
         compare, ""]
     return lines, speedups
 

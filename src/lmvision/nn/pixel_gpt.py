@@ -220,7 +220,8 @@ class PixelGPT(nn.Module):
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  greedy: bool = False, use_cache: bool = True,
                  generator: torch.Generator | None = None, guidance: float = 1.0,
-                 null_prefix: torch.Tensor | None = None) -> torch.Tensor:
+                 null_prefix: torch.Tensor | None = None,
+                 compile_step: bool = False) -> torch.Tensor:
         """Complete images: (B, N) palette tokens, the first ``known`` (B, n) given.
 
         Args:
@@ -237,6 +238,11 @@ class PixelGPT(nn.Module):
                 the images has learned both. ``g=1`` samples from ``c`` alone, ``g>1`` leans
                 further towards the condition. Both sequences are run as one batch.
             null_prefix: (B, P) "no condition" tokens (see :meth:`prefix`), for ``guidance``.
+            compile_step: With the cache, run :meth:`step` through ``torch.compile``, which
+                fuses its small operations into fewer kernels (on a GPU, inside the CUDA
+                graph). The first call of a model and batch size compiles (seconds to a
+                minute); later ones reuse it. The tokens are those of the uncompiled step up
+                to floating-point rounding.
         """
         b = len(prefix)
         if guidance != 1.0:
@@ -257,7 +263,7 @@ class PixelGPT(nn.Module):
         if use_cache:
             cache = KVCache(self.depth, rows, self.heads, self.max_length,
                             self.dim // self.heads, device, self.position.dtype)
-            step = self._stepper(cache, rows, device)  # before the pass below: it writes the cache
+            step = self._stepper(cache, rows, device, compile_step)  # before the pass below: it writes the cache
             logits = self(ids[:, :first + 1], cache, 0)[:, -1]
         for i in range(n_known, self.num_pixels):
             position = prefix.shape[1] + i
@@ -286,18 +292,25 @@ class PixelGPT(nn.Module):
             x = block.step(x, cache, i, position, mask)
         return self.head(self.norm(x))[:, -1]
 
-    def _stepper(self, cache: KVCache, batch: int, device: torch.device):
+    def _stepper(self, cache: KVCache, batch: int, device: torch.device,
+                 compiled: bool = False):
         """``(token, position) -> logits``: on a CUDA device, :meth:`step` replayed as a CUDA
         graph (capturing runs the step, twice to warm up and once to capture, and so writes
         into the cache at position 0: call it before the cache is filled); elsewhere, or when
-        capture fails, :meth:`forward` on the one token with the cache."""
+        capture fails, :meth:`forward` on the one token with the cache. ``compiled``: the step
+        goes through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
+        token = torch.zeros(batch, dtype=torch.long, device=device)
+        position = torch.zeros(1, dtype=torch.long, device=device)
+        step = torch.compile(self.step, fullgraph=True, dynamic=False) if compiled else self.step
+
         def eager(new: torch.Tensor, at: int) -> torch.Tensor:  # the slots up to ``at`` alone
+            if compiled:  # the fixed-shape step: one compiled program for every position
+                position.fill_(at)
+                return step(new, position, cache)
             return self(new.unsqueeze(1), cache, at)[:, -1]
 
         if device.type != "cuda" or self.training:
             return eager
-        token = torch.zeros(batch, dtype=torch.long, device=device)
-        position = torch.zeros(1, dtype=torch.long, device=device)
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -308,10 +321,10 @@ class PixelGPT(nn.Module):
             with torch.autocast("cuda", enabled=False):
                 with torch.cuda.stream(stream):  # warm-up (lazy initialisation) outside the capture
                     for _ in range(2):
-                        self.step(token, position, cache)
+                        step(token, position, cache)
                 torch.cuda.current_stream(device).wait_stream(stream)
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    logits = self.step(token, position, cache)
+                    logits = step(token, position, cache)
         except RuntimeError as err:  # an optimisation only: sample step by step instead
             warnings.warn(f"PixelGPT: sampling without a CUDA graph ({err})", stacklevel=3)
             return eager
