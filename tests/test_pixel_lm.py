@@ -166,17 +166,39 @@ def test_each_cached_step_gives_the_logits_of_the_full_pass(attention):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_cuda_graph_step_samples_what_the_eager_step_samples():
+    import gc
+    import weakref
+
+    from lmvision.nn.pixel_gpt import _GRAPHS
+
     gpt = tiny_gpt("sdpa", num_classes=2).cuda()
     prefix = gpt.prefix(torch.tensor([1, -1, 0], device="cuda"))
     known = torch.randint(12, (3, 10), device="cuda")
-    graphed = gpt.generate(prefix, known=known, greedy=True)
-    assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True, use_cache=False))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no fallback to the step without a graph
+        warnings.filterwarnings("error", message="PixelGPT")  # no fallback to the eager step
+        graphed = gpt.generate(prefix, known=known, greedy=True)
+        assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+        held = _GRAPHS[gpt][False]
+        # the graph and cache are reused: fewer known pixels (an earlier call's slots beyond
+        # the position are never read), then none
+        for given in (known[:, :4], None):
+            again = gpt.generate(prefix, known=given, greedy=True)
+            assert torch.equal(again, gpt.generate(prefix, known=given, greedy=True, use_cache=False))
+            assert _GRAPHS[gpt][False] is held
         assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True,
                                                  compile_step=True))
+    with torch.no_grad():  # new weights in place: the same graph reads them
+        gpt.head.weight.mul_(-1)
+    assert torch.equal(gpt.generate(prefix, known=known, greedy=True),
+                       gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+    assert _GRAPHS[gpt][False] is held
     gpt.train()  # the eager step (no graph) is used in training mode
-    assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True))
+    assert torch.equal(gpt.generate(prefix, known=known, greedy=True),
+                       gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+    model = weakref.ref(gpt)
+    del gpt
+    gc.collect()
+    assert model() is None  # the kept graph does not keep its model alive
 
 
 def test_the_probe_picks_the_informative_layer_on_validation():

@@ -134,6 +134,23 @@ def sampling_seconds(model, batch: int, device: str, repeats: int,
     return {kind: statistics.median(t) for kind, t in times.items()}
 
 
+def replay_microseconds(model, device: str, compiled: bool) -> float:
+    """Microseconds per token of replaying the kept CUDA graph of the cached step alone, 255
+    times as in an image (no token chosen, nothing written): what a step costs the GPU plus
+    the replay's launch, against which the whole sampling loop's time per token is read."""
+    from lmvision.nn.pixel_gpt import _GRAPHS
+
+    replay = _GRAPHS[model][compiled][1]
+    token = torch.zeros(1, dtype=torch.long, device=device)
+
+    def image() -> None:
+        for at in range(1, PIXELS):
+            replay(token, at)
+        sync(device)
+
+    return studies.median_seconds(image, 5, warmup=1) / (PIXELS - 1) * 1e6
+
+
 # about 100 M parameters, deep and narrow or shallow and wide: (batch, torch.compile) runs of each
 MFU_RUNS = {(768, 14, 12): [(64, False), (128, False), (128, True)],
             (1024, 8, 16): [(128, False), (128, True)]}
@@ -274,7 +291,7 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
         rates["PixelGPT, sdpa, torch.compile"] = f"fails here ({type(err).__name__})"
     print(f"{'PixelGPT, sdpa, torch.compile':28s} {rates['PixelGPT, sdpa, torch.compile']}", flush=True)
 
-    sampling = {}
+    sampling, replays = {}, {}
     sizes = [size, *([(48, 2, 4)] if args.quick else [(256, 8, 8), (512, 8, 8)])]
     batches = (1, 4) if args.quick else (1, 64)
     for dim, depth, heads in sizes:
@@ -286,6 +303,16 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
                 sampling[(dim, depth, batch, kind)] = seconds
                 print(f"sampling dim {dim} depth {depth}, batch {batch:3d}, {kind:8s}: "
                       f"{seconds:.3f} s", flush=True)
+            if device == "cuda" and batch == 1:  # the graphs kept by the runs above
+                try:
+                    replays[(dim, depth)] = {kind: replay_microseconds(sampler, device, compiled)
+                                             for kind, compiled in (("cache", False),
+                                                                    ("compiled", True))}
+                except KeyError as err:  # no graph was kept (capture failed): reported
+                    print(f"replay alone, dim {dim} depth {depth}: no kept graph {err}", flush=True)
+                else:
+                    print(f"replay alone, dim {dim} depth {depth}: {replays[(dim, depth)]}",
+                          flush=True)
 
     own_rate, hf_rate = rates["PixelGPT, sdpa"], rates["HF GPT-2, sdpa"]
     speedups = {(d, l, kind): sampling[(d, l, 1, "plain")] / sampling[(d, l, 1, kind)]
@@ -313,6 +340,17 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
           f"{', compiled step,' if kind == 'compiled' else ''} ≥ 5× faster than without, "
           f"batch 1 ({x:.1f}×)" for (d, l, kind), x in speedups.items()],
         compare, ""]
+    if replays:
+        per_token = {key: sampling[(*key, 1, kind)] / (PIXELS - 1) * 1e6
+                     for key in replays for kind in ("cache",)}
+        lines[-1:-1] = [
+            "", "| per token, batch 1 (µs) | whole loop: cache | graph replay alone | whole loop: "
+            "cache, compiled step | compiled graph replay alone | without cache |",
+            "|---|---|---|---|---|---|",
+            *[f"| dim {d}, depth {l} | {per_token[(d, l)]:.0f} | {r['cache']:.0f} | "
+              f"{sampling[(d, l, 1, 'compiled')] / (PIXELS - 1) * 1e6:.0f} | {r['compiled']:.0f} | "
+              f"{sampling[(d, l, 1, 'plain')] / (PIXELS - 1) * 1e6:.0f} |"
+              for (d, l), r in replays.items()]]
     return lines, speedups
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,8 @@ from lmvision.errors import UserError
 from lmvision.nn.decoding import pick
 
 ATTENTIONS = ("sdpa", "naive")
+# per model, the CUDA graph of its cached step and the cache it writes, kept between calls
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class KVCache:
@@ -261,10 +264,9 @@ class PixelGPT(nn.Module):
         ids = self.inputs(prefix, pixels)  # (rows, P + N)
         first = prefix.shape[1] + n_known  # the position whose output predicts pixel n_known
         if use_cache:
-            cache = KVCache(self.depth, rows, self.heads, self.max_length,
-                            self.dim // self.heads, device, self.position.dtype)
-            step = self._stepper(cache, rows, device, compile_step)  # before the pass below: it writes the cache
+            step, cache = self._stepper(rows, device, compile_step)  # before the pass below
             logits = self(ids[:, :first + 1], cache, 0)[:, -1]
+        drawn = []
         for i in range(n_known, self.num_pixels):
             position = prefix.shape[1] + i
             if not use_cache:
@@ -274,12 +276,13 @@ class PixelGPT(nn.Module):
             token = pick(logits, temperature, top_k, top_p, greedy, generator)
             if rows > b:
                 token = token.repeat(2)
-            pixels[:, i] = token
+            drawn.append(token)
             if i + 1 < self.num_pixels:
                 if use_cache:
                     logits = step(token, position + 1)
                 else:
                     ids[:, position + 1] = token
+        pixels[:, n_known:] = torch.stack(drawn, 1)
         return pixels[:b]
 
     def step(self, token: torch.Tensor, position: torch.Tensor, cache: KVCache) -> torch.Tensor:
@@ -292,14 +295,28 @@ class PixelGPT(nn.Module):
             x = block.step(x, cache, i, position, mask)
         return self.head(self.norm(x))[:, -1]
 
-    def _stepper(self, cache: KVCache, batch: int, device: torch.device,
-                 compiled: bool = False):
-        """``(token, position) -> logits``: on a CUDA device, :meth:`step` replayed as a CUDA
-        graph (capturing runs the step, twice to warm up and once to capture, and so writes
-        into the cache at position 0: call it before the cache is filled); elsewhere, or when
-        capture fails, :meth:`forward` on the one token with the cache. ``compiled``: the step
-        goes through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
-        token = torch.zeros(batch, dtype=torch.long, device=device)
+    def _stepper(self, rows: int, device: torch.device, compiled: bool = False):
+        """``(token, position) -> logits`` and the cache it fills (whose slots before
+        ``position`` the caller writes, e.g. by :meth:`forward` with the cache).
+
+        On a CUDA device: :meth:`step` replayed as a CUDA graph, which then also moves its
+        position on by one. The graph and its cache are kept for the next call with the same
+        rows, device and parameters (capturing costs milliseconds: two warm-up steps, the
+        capture, the graph's instantiation); slots after the position are masked, so what an
+        earlier call left there is never read. Elsewhere, in training mode, or when capture
+        fails: :meth:`forward` on the one token with a new cache. ``compiled``: the step goes
+        through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
+        def new_cache() -> KVCache:
+            return KVCache(self.depth, rows, self.heads, self.max_length, self.dim // self.heads,
+                           device, self.position.dtype)
+
+        key = (rows, str(device), self.position.dtype, tuple(p.data_ptr() for p in self.parameters()))
+        held = _GRAPHS.get(self, {}).get(compiled)
+        if held is not None and held[0] == key and device.type == "cuda" and not self.training:
+            return held[1], held[2]
+        _GRAPHS.get(self, {}).pop(compiled, None)  # an earlier graph and cache are freed first
+        cache = new_cache()
+        token = torch.zeros(rows, dtype=torch.long, device=device)
         position = torch.zeros(1, dtype=torch.long, device=device)
         step = torch.compile(self.step, fullgraph=True, dynamic=False) if compiled else self.step
 
@@ -310,7 +327,7 @@ class PixelGPT(nn.Module):
             return self(new.unsqueeze(1), cache, at)[:, -1]
 
         if device.type != "cuda" or self.training:
-            return eager
+            return eager, cache
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -325,14 +342,20 @@ class PixelGPT(nn.Module):
                 torch.cuda.current_stream(device).wait_stream(stream)
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     logits = step(token, position, cache)
+                    position.add_(1)  # where the next replay writes, unless told otherwise
         except RuntimeError as err:  # an optimisation only: sample step by step instead
             warnings.warn(f"PixelGPT: sampling without a CUDA graph ({err})", stacklevel=3)
-            return eager
+            return eager, cache
+        at_next = [-1]  # the position the graph holds after the last replay
 
         def replay(new: torch.Tensor, at: int) -> torch.Tensor:
             token.copy_(new)
-            position.fill_(at)
+            if at != at_next[0]:
+                position.fill_(at)
             graph.replay()
+            at_next[0] = at + 1
             return logits  # overwritten by the next replay: read it before
 
-        return replay
+        # nothing kept here refers to the model, so the model can still be freed
+        _GRAPHS.setdefault(self, {})[compiled] = (key, replay, cache)
+        return replay, cache
