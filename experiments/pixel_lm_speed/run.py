@@ -152,6 +152,35 @@ def replay_microseconds(model, device: str, compiled: bool) -> float:
     return studies.median_seconds(image, 5, warmup=1) / (PIXELS - 1) * 1e6
 
 
+def profile_step(dim: int, depth: int, heads: int, device: str, steps: int = 20) -> None:
+    """Print the kernels of ``steps`` cached sampling steps at batch 1 (eager and compiled, run
+    without the graph, so the profiler sees each kernel) with their time on the device:
+    which kernels a graph replay spends its time on."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from lmvision.nn.pixel_gpt import KVCache
+
+    model = own(dim, depth, heads, "sdpa", device)[0].eval()
+    cache = KVCache(depth, 1, heads, model.max_length, dim // heads, torch.device(device),
+                    torch.float32)
+    token = torch.zeros(1, dtype=torch.long, device=device)
+    for compiled in (False, True):
+        step = torch.compile(model.step, fullgraph=True, dynamic=False) if compiled else model.step
+        with torch.inference_mode():
+            for at in range(3):  # warm-up (and compilation)
+                step(token, torch.tensor([at], device=device), cache)
+            sync(device)
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+            with profile(activities=activities) as prof:
+                for at in range(steps):
+                    step(token, torch.tensor([at], device=device), cache)
+                sync(device)
+        key = "device_time_total" if device == "cuda" else "cpu_time_total"
+        print(f"\nProfile of {steps} cached steps, dim {dim}, depth {depth}, batch 1, "
+              f"{'compiled' if compiled else 'eager'}:")
+        print(prof.key_averages().table(sort_by=key, row_limit=22, max_name_column_width=60))
+
+
 # about 100 M parameters, deep and narrow or shallow and wide: (batch, torch.compile) runs of each
 MFU_RUNS = {(768, 14, 12): [(64, False), (128, False), (128, True)],
             (1024, 8, 16): [(128, False), (128, True)]}
@@ -209,6 +238,8 @@ def main() -> int:
     parser.add_argument("--mfu-only", action="store_true", help="only the GPU MFU table")
     parser.add_argument("--skip-mfu", action="store_true",
                         help="no GPU MFU table (the README keeps the one it has)")
+    parser.add_argument("--profile-step", action="store_true",
+                        help="only print the kernels of the cached sampling step (batch 1)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
@@ -217,6 +248,9 @@ def main() -> int:
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = (args.dim, args.depth, args.heads)
+    if args.profile_step:
+        profile_step(*size, device)
+        return 0
     header = [f"{studies.environment_line()} Command: `python experiments/pixel_lm_speed/run.py "
               f"{' '.join(sys.argv[1:])}`.", ""]
     mfu_lines = None  # the GPU MFU table: its own README section, so each part can be re-run alone
