@@ -13,13 +13,17 @@ timed steps after warm-up), on 16x16 images (256 pixel tokens) over a 16-colour 
 * a Hugging Face ``GPT2LMHeadModel`` of the same size built from a ``GPT2Config`` (its own
   ``sdpa`` and ``eager`` attention): the baseline the compact module is chosen against.
 
-Sampling time for 256-token images, batch 1 and 64, with the KV cache and without it (every
-step re-reads the whole sequence), with greedy decoding (the two give the same tokens): after
-a warm-up run of each, runs with and without the cache alternate, and each figure is the median
-of five (batch 64: three with the cache, one without), for the trained size above and, batch 1 only, for larger ones (dim 256 and 512, depth 8): the cache
-saves compute, which grows with the model and the sequence, while a cached step at batch 1 is a
-matrix-vector product per weight, bound by reading the weights and by dispatch cost. On a
-GPU the cached step is replayed as a CUDA graph (``PixelGPT.generate``).
+Sampling time for 256-token images, batch 1 and 64, with the KV cache, with it and its step
+compiled by ``torch.compile`` (``generate(compile_step=True)``), and without the cache (every
+step re-reads the whole sequence), with greedy decoding (all give the same tokens): after a
+warm-up run of each (which compiles, and on a GPU captures the step's graph), the three
+alternate, and each figure is the median of five (batch 64: three, one without the cache), for
+the trained size above and, batch 1 only, for larger ones (dim 256 and 512, depth 8): the
+cache saves compute, which grows with the model and the sequence, while a cached step at
+batch 1 is a matrix-vector product per weight, bound by reading the weights and by dispatch
+cost. On a GPU the cached step is replayed as a CUDA graph (``PixelGPT.generate``), and the
+script also times the kept graph's replay alone per token. ``--profile-step`` prints the
+kernels of the cached step instead (where a replay's time goes).
 On a GPU, also tokens/s and model FLOPs utilisation (MFU) of GPTs of about 100 M parameters
 (dim 768 x 14 blocks, and dim 1024 x 8 blocks) in bf16 autocast with fused AdamW, eager and
 under ``torch.compile``, at batch 64 and 128 images (16k and 33k tokens a step). FLOPs per
