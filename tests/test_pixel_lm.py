@@ -165,10 +165,11 @@ def test_each_cached_step_gives_the_logits_of_the_full_pass(attention):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_the_cuda_graph_step_samples_what_the_eager_step_samples():
+def test_the_cuda_graph_step_samples_what_the_eager_step_samples(monkeypatch):
     import gc
     import weakref
 
+    from lmvision.nn import pixel_gpt
     from lmvision.nn.pixel_gpt import _GRAPHS
 
     gpt = tiny_gpt("sdpa", num_classes=2).cuda()
@@ -195,6 +196,12 @@ def test_the_cuda_graph_step_samples_what_the_eager_step_samples():
     gpt.train()  # the eager step (no graph) is used in training mode
     assert torch.equal(gpt.generate(prefix, known=known, greedy=True),
                        gpt.generate(prefix, known=known, greedy=True, use_cache=False))
+    gpt.eval()
+    monkeypatch.setattr(pixel_gpt, "KEEP_GRAPH_BYTES", 0)  # a cache too large to keep
+    wide = gpt.prefix(torch.tensor([0, 1, 0, 1], device="cuda"))
+    assert torch.equal(gpt.generate(wide, greedy=True), gpt.generate(wide, greedy=True,
+                                                                      use_cache=False))
+    assert False not in _GRAPHS[gpt]  # freed after its call
     model = weakref.ref(gpt)
     del gpt
     gc.collect()

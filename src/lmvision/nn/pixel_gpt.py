@@ -33,7 +33,9 @@ from lmvision.nn.decoding import pick
 
 ATTENTIONS = ("sdpa", "naive")
 # per model, the CUDA graph of its cached step and the cache it writes, kept between calls
+# when the cache takes at most KEEP_GRAPH_BYTES (a large one is freed after its call)
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+KEEP_GRAPH_BYTES = 256 * 2**20
 
 
 class KVCache:
@@ -305,9 +307,10 @@ class PixelGPT(nn.Module):
 
         On a CUDA device: :meth:`step` replayed as a CUDA graph, which then also moves its
         position on by one. The graph and its cache are kept for the next call with the same
-        rows, device and parameters (capturing costs milliseconds: two warm-up steps, the
-        capture, the graph's instantiation); slots after the position are masked, so what an
-        earlier call left there is never read. Elsewhere, in training mode, or when capture
+        rows, device and parameters, if its cache takes at most ``KEEP_GRAPH_BYTES``
+        (capturing costs milliseconds: two warm-up steps, the capture, the graph's
+        instantiation); slots after the position are masked, so what an earlier call left
+        there is never read. Elsewhere, in training mode, or when capture
         fails: :meth:`forward` on the one token with a new cache. ``compiled``: the step goes
         through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
         def new_cache() -> KVCache:
@@ -360,6 +363,7 @@ class PixelGPT(nn.Module):
             at_next[0] = at + 1
             return logits  # overwritten by the next replay: read it before
 
-        # nothing kept here refers to the model, so the model can still be freed
-        _GRAPHS.setdefault(self, {})[compiled] = (key, replay, cache)
+        size = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
+        if size <= KEEP_GRAPH_BYTES:  # nothing kept refers to the model, which can still be freed
+            _GRAPHS.setdefault(self, {})[compiled] = (key, replay, cache)
         return replay, cache
