@@ -156,6 +156,16 @@ class PixelLMStrategy(Strategy):
         captions = self.null_captions(n, device) if gpt.caption_tokens else None
         return gpt.prefix(None, captions, batch=n, device=device)
 
+    def class_prefix(self, labels: torch.Tensor) -> torch.Tensor:
+        """The prefix asking for each of ``labels`` (and no caption)."""
+        gpt, n = self.net.gpt, len(labels)
+        captions = self.null_captions(n, labels.device) if gpt.caption_tokens else None
+        return gpt.prefix(labels, captions, batch=n, device=labels.device)
+
+    def caption_prefix(self, batch: dict) -> torch.Tensor:
+        """The prefix of a batch's captions alone (its labels hidden)."""
+        return self.condition({**batch, "label": torch.full_like(batch["label"], -1)}, train=False)
+
     def guided(self, n: int, device) -> dict:
         """The guidance settings of ``n`` conditional samples: the weight and the prefix of
         "no condition" that it weighs against."""
@@ -237,15 +247,13 @@ class PixelLMStrategy(Strategy):
                  "unconditional": (images(gpt.generate(null, **settings)), None)}
         if gpt.num_classes:
             labels = torch.arange(min(self.num_classes, self.samples), device=device)
-            prefix = gpt.prefix(labels, self.null_captions(len(labels), device)
-                                if gpt.caption_tokens else None, batch=len(labels), device=device)
+            prefix = self.class_prefix(labels)
             names = self.class_names()
             grids["class"] = (images(gpt.generate(prefix, **settings,
                                                   **self.guided(len(labels), device))),
                               [names[i] for i in labels.tolist()])
         if gpt.caption_tokens:
-            prefix = self.condition({**shown, "label": torch.full_like(shown["label"], -1)},
-                                    train=False)
+            prefix = self.caption_prefix(shown)
             grids["caption"] = (images(gpt.generate(prefix, **settings,
                                                     **self.guided(n, device))),
                                 [c[:40] for c in shown["caption"]])
@@ -313,8 +321,7 @@ class PixelLMStrategy(Strategy):
         if gpt.num_classes:
             labels = torch.arange(self.num_classes, device=device).repeat_interleave(
                 self.gen_samples_per_class)
-            prefix = gpt.prefix(labels, self.null_captions(len(labels), device)
-                                if gpt.caption_tokens else None, batch=len(labels), device=device)
+            prefix = self.class_prefix(labels)
             drawn = self.net.palette.decode(
                 gpt.generate(prefix, **settings, **self.guided(len(labels), device)), size)
             out["gen/acc"] = (judge({"image": normalise(drawn)}).argmax(1) == labels).float().mean()
@@ -323,8 +330,7 @@ class PixelLMStrategy(Strategy):
             count = min(len(data), self.num_classes * self.gen_samples_per_class)
             batch = self.trainer.datamodule.collate([data[i] for i in range(count)])
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            prefix = self.condition({**batch, "label": torch.full_like(batch["label"], -1)},
-                                    train=False)
+            prefix = self.caption_prefix(batch)
             drawn = self.net.palette.decode(
                 gpt.generate(prefix, **settings, **self.guided(count, device)), size)
             hits = judge({"image": normalise(drawn)}).argmax(1) == batch["label"]
