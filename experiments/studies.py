@@ -39,14 +39,15 @@ def evaluate(overrides: list[str], run_dir: Path, env: dict[str, str] | None = N
     return _run("lmvision.evaluate", overrides, run_dir, env, log)
 
 
-def sampling_settings(run_dir: Path) -> dict[str, float]:
-    """The temperature and classifier-free guidance weight a ``pixel_lm`` run sampled with,
-    from its ``.hydra/config.yaml`` (a run from before ``strategy.guidance`` sampled without)."""
+def sampling_settings(run_dir: Path) -> str:
+    """The temperature and classifier-free guidance weight a ``pixel_lm`` run sampled with, as
+    "temperature 1, guidance 2", from its ``.hydra/config.yaml`` (a run from before
+    ``strategy.guidance`` sampled without)."""
     from omegaconf import OmegaConf
 
     strategy = OmegaConf.load(run_dir / ".hydra" / "config.yaml").strategy
-    return {"temperature": float(strategy.temperature),
-            "guidance": float(strategy.get("guidance", 1.0))}
+    return (f"temperature {float(strategy.temperature):g}, "
+            f"guidance {float(strategy.get('guidance', 1.0)):g}")
 
 
 def read_run(run_dir: Path, stdout: str = "") -> dict:

@@ -155,8 +155,7 @@ def main() -> int:
         f"Model: dim {args.dim}, depth {args.depth}, heads {args.heads}; batch {args.batch}, lr "
         f"{args.lr}, up to {args.epochs} epochs or {args.max_minutes:g} min of training "
         f"(trained {epochs} epochs in {lm['fit_seconds']:.0f} s; the checkpoint with the best "
-        f"val/bits_per_dim is tested; its gen/acc sampled at "
-        f"{', '.join(f'{k} {v:g}' for k, v in sampling.items())}).", "",
+        f"val/bits_per_dim is tested; its gen/acc sampled at {sampling}).", "",
         "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
         "| CNN (judge) | test bits/dim | gen/acc (class) | gen/acc (caption) |",
         "|---|---|---|---|---|---|---|---|",

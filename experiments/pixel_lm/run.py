@@ -45,7 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     results: dict[str, list[dict]] = {}
-    sampling: dict[str, float] = {}  # the shapes run's own sampling settings (its config)
+    sampling = ""  # the shapes run's own sampling settings (its config)
     where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
         def run(name: str, seed: int, overrides: list[str]) -> Path:
@@ -67,7 +67,7 @@ def main() -> int:
             lm = run("shapes pretrain", seed, [
                 "experiment=pixel_lm_shapes",
                 f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
-            sampling.update(studies.sampling_settings(lm))
+            sampling = studies.sampling_settings(lm)
             if args.write_readme and seed == args.seeds[0]:
                 for png in (lm / "figures").glob("samples_*.png"):
                     shutil.copy(png, HERE / f"shapes_{png.name}")
@@ -115,7 +115,7 @@ def main() -> int:
         "| data | " + " | ".join(k.split("_")[-1] for k in layers) + " |",
         "|---|" + "---|" * len(layers), *by_layer, "",
         f"Generation on shapes (`target=shape`, judged by the CNN above; sampled at "
-        f"{', '.join(f'{k} {v:g}' for k, v in sampling.items())}): class-conditioned "
+        f"{sampling}): class-conditioned "
         f"gen/acc {col('shapes pretrain', 'gen/acc')}, caption-conditioned "
         f"{col('shapes pretrain', 'gen/acc_caption')}. Sample grids of the first seed's last "
         "epoch: `shapes_samples_*.png`, `digits_samples_*.png` beside this README.", "",

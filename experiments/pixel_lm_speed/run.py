@@ -380,16 +380,16 @@ def speed_tables(args, size, device) -> tuple[list[str], dict]:
           f"batch 1 ({x:.1f}×)" for (d, l, kind), x in speedups.items()],
         compare, ""]
     if replays:
-        per_token = {key: sampling[(*key, 1, kind)] / (PIXELS - 1) * 1e6
-                     for key in replays for kind in ("cache",)}
+        def per_token(d: int, l: int, kind: str) -> float:  # µs of a batch-1 image's loop
+            return sampling[(d, l, 1, kind)] / (PIXELS - 1) * 1e6
+
         lines[-1:-1] = [
             "", "| per token, batch 1 (µs) | whole loop: cache | graph replay alone | whole loop: "
             "cache, compiled step | compiled graph replay alone | without cache |",
             "|---|---|---|---|---|---|",
-            *[f"| dim {d}, depth {l} | {per_token[(d, l)]:.0f} | {r['cache']:.0f} | "
-              f"{sampling[(d, l, 1, 'compiled')] / (PIXELS - 1) * 1e6:.0f} | {r['compiled']:.0f} | "
-              f"{sampling[(d, l, 1, 'plain')] / (PIXELS - 1) * 1e6:.0f} |"
-              for (d, l), r in replays.items()]]
+            *[f"| dim {d}, depth {l} | {per_token(d, l, 'cache'):.0f} | {r['cache']:.0f} | "
+              f"{per_token(d, l, 'compiled'):.0f} | {r['compiled']:.0f} | "
+              f"{per_token(d, l, 'plain'):.0f} |" for (d, l), r in replays.items()]]
     return lines, speedups
 
 

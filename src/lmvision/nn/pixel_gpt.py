@@ -319,9 +319,10 @@ class PixelGPT(nn.Module):
             return KVCache(self.depth, rows, self.heads, self.max_length, self.dim // self.heads,
                            device, self.position.dtype)
 
+        graphed = device.type == "cuda" and not self.training
         key = (rows, str(device), self.position.dtype, tuple(p.data_ptr() for p in self.parameters()))
         held = _GRAPHS.get(self, {}).get(compiled)
-        if held is not None and held[0] == key and device.type == "cuda" and not self.training:
+        if graphed and held is not None and held[0] == key:
             return held[1], held[2]
         _GRAPHS.get(self, {}).pop(compiled, None)  # an earlier graph and cache are freed first
         cache = new_cache()
@@ -335,7 +336,7 @@ class PixelGPT(nn.Module):
                 return step(new, position, cache)
             return self(new.unsqueeze(1), cache, at)[:, -1]
 
-        if device.type != "cuda" or self.training:
+        if not graphed:
             return eager, cache
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream(device)

@@ -152,12 +152,10 @@ class PixelLMStrategy(Strategy):
 
     def null_prefix(self, n: int, device) -> torch.Tensor:
         """The prefix of ``n`` sequences with no condition: no class, an all-padding caption."""
-        gpt = self.net.gpt
-        captions = self.null_captions(n, device) if gpt.caption_tokens else None
-        return gpt.prefix(None, captions, batch=n, device=device)
+        return self.class_prefix(torch.full((n,), -1, dtype=torch.long, device=device))
 
     def class_prefix(self, labels: torch.Tensor) -> torch.Tensor:
-        """The prefix asking for each of ``labels`` (and no caption)."""
+        """The prefix asking for each of ``labels`` (``-1``: no class) and no caption."""
         gpt, n = self.net.gpt, len(labels)
         captions = self.null_captions(n, labels.device) if gpt.caption_tokens else None
         return gpt.prefix(labels, captions, batch=n, device=labels.device)
