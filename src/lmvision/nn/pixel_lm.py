@@ -4,7 +4,7 @@
     net.palette.fit(train_images)                      # raw pixels in [0, 1]
     tokens = net.palette.encode(images)                # (B, 64)
     logits = net.gpt.pixel_logits(net.gpt.prefix(batch=len(images)), tokens)   # (B, 64, 16)
-    features = net.features(images)                    # per block: (B, dim), normalised, pooled
+    features = net.features(images)                    # per block: (B, dim) mean-pooled
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lmvision.errors import UserError
 from lmvision.nn.palette import PaletteQuantizer
@@ -58,15 +57,10 @@ class PixelLM(nn.Module):
         self.head = nn.Linear(dim, num_classes) if classify else None
 
     def features(self, images: torch.Tensor, prefix: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """What the linear probe reads of every block: ``depth`` tensors (B, dim), for raw
-        ``images`` (B, C, H, W) in [0, 1], read without a condition by default.
-
-        As Image GPT's probe: the block's output at each pixel position is layer-normalised
-        (no learned scale: the probe standardises its features anyway), then averaged over the
-        positions. Normalising first weighs every position alike; a plain mean of the residual
-        stream is dominated by the positions where it is largest."""
+        """Mean-pooled pixel-position outputs of every block: ``depth`` tensors (B, dim), for
+        raw ``images`` (B, C, H, W) in [0, 1], read without a condition by default."""
         tokens = self.palette.encode(images)
         if prefix is None:
             prefix = self.gpt.prefix(batch=len(images), device=images.device)
         _, states = self.gpt.pixel_logits(prefix, tokens, hidden=True)
-        return [F.layer_norm(s, s.shape[-1:]).mean(1) for s in states]
+        return [s.mean(1) for s in states]

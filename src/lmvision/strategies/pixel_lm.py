@@ -7,9 +7,8 @@ caption tokens.
 
 * ``stage=pretrain``: next-token cross-entropy, logged as ``bits_per_dim`` (bits per pixel
   token); ``val/bits_per_dim`` selects the best checkpoint. Testing (at the end of training and
-  in ``lmvision-eval``) adds a linear probe: logistic regression on the output of every
-  block, layer-normalised at each position and averaged over positions as Image GPT's probe
-  read it (``probe/acc_layer_<i>``; ``probe/best_layer`` is chosen on validation and
+  in ``lmvision-eval``) adds a linear probe: logistic regression on the mean-pooled output of
+  every block (``probe/acc_layer_<i>``; ``probe/best_layer`` is chosen on validation and
   ``probe/acc_best`` is its test accuracy), beside the same probe on raw pixels
   (``probe/acc_pixels``) and on the same architecture with random weights
   (``probe/acc_random_init``).
