@@ -62,24 +62,27 @@ def main() -> int:
             print(f"{name:28s} seed {seed}: {shown} ({r['fit_seconds']:.0f} s)", flush=True)
             return run_dir
 
+        def keep_grids(run_dir: Path, data: str) -> None:  # the first seed's, beside the README
+            if args.write_readme:
+                for png in (run_dir / "figures").glob("samples_*.png"):
+                    shutil.copy(png, HERE / f"{data}_{png.name}")
+
         for seed in digits_seeds:
             pre = run("digits pretrain", seed, ["experiment=pixel_lm_digits"])
             run("digits finetune", seed, ["experiment=pixel_lm_digits", "strategy.stage=finetune",
                                            f"init_from={pre / 'checkpoints' / 'last.ckpt'}",
                                            f"trainer.max_epochs={FINETUNE_EPOCHS}"])
             run("digits CNN", seed, [*DIGITS, "strategy=image_classifier"])
-            if args.write_readme and seed == digits_seeds[0]:
-                for png in (pre / "figures").glob("samples_*.png"):
-                    shutil.copy(png, HERE / f"digits_{png.name}")
+            if seed == digits_seeds[0]:
+                keep_grids(pre, "digits")
         for seed in args.seeds:
             judge = run("shapes CNN (judge)", seed, [*SHAPES, "strategy=image_classifier"])
             lm = run("shapes pretrain", seed, [
                 "experiment=pixel_lm_shapes",
                 f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
             sampling = studies.sampling_settings(lm)
-            if args.write_readme and seed == args.seeds[0]:
-                for png in (lm / "figures").glob("samples_*.png"):
-                    shutil.copy(png, HERE / f"shapes_{png.name}")
+            if seed == args.seeds[0]:
+                keep_grids(lm, "shapes")
 
     def col(name, key, digits=4):
         values = [r[key] for r in results[name] if key in r]
@@ -112,11 +115,10 @@ def main() -> int:
     checks[f"digits: probe/acc_best {best:.4f} ≥ probe/acc_pixels {pixels:.4f}"] = best >= pixels
     tuned = mean("digits finetune", "test/acc")
     checks[f"digits: fine-tuned test/acc {tuned:.4f} ≥ 0.95"] = tuned >= 0.95
-    seeds = " ".join(map(str, args.seeds))
-    command = f"--seeds {seeds}"
-    if digits_seeds != args.seeds:
-        command += f" --digits-seeds {' '.join(map(str, digits_seeds))}"
-        seeds = f"{' '.join(map(str, digits_seeds))} (digits), {seeds} (shapes)"
+    shapes, digits = (" ".join(map(str, s)) for s in (args.seeds, digits_seeds))
+    seeds, command = shapes, f"--seeds {shapes}"
+    if digits != shapes:
+        seeds, command = f"{digits} (digits), {shapes} (shapes)", f"{command} --digits-seeds {digits}"
     per_seed = [f"seed {seed}: {r['probe/acc_best']:.4f} (block {r['probe/best_layer']:.0f}) "
                 f"against pixels {r['probe/acc_pixels']:.4f}"
                 for seed, r in zip(digits_seeds, results["digits pretrain"])]
