@@ -8,13 +8,14 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from lmvision.errors import UserError
 from lmvision.nn.palette import PaletteQuantizer
 from lmvision.nn.pixel_gpt import KVCache, PixelGPT
-from lmvision.strategies.probe import fit_probes, probe_accuracies
+from lmvision.strategies.probe import fit_probes, folds, probe_accuracies
 from lmvision.train import train
 
 PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init"}
@@ -208,7 +209,7 @@ def test_the_cuda_graph_step_samples_what_the_eager_step_samples(monkeypatch):
     assert model() is None  # the kept graph does not keep its model alive
 
 
-def test_the_probe_picks_the_informative_layer_on_validation():
+def test_the_probe_picks_the_informative_layer_by_cross_validation():
     g = torch.Generator().manual_seed(0)
 
     def split(n):
@@ -225,14 +226,45 @@ def test_the_probe_picks_the_informative_layer_on_validation():
     assert values["probe/acc_best"] == values["probe/acc_layer_2"] >= 0.9
     assert values["probe/acc_layer_1"] < 0.6 and values["probe/acc_random_init"] < 0.6
     assert values["probe/acc_pixels"] < 0.6
-    # the regularisation is swept and chosen on validation: a useless strength alone scores
-    # chance, beside a good one the sweep finds the good one
+    # the regularisation is swept and chosen by cross-validation: a useless strength alone
+    # scores chance, beside a good one the sweep finds the good one
     parts = {s: split(n) for s, n in (("train", 150), ("val", 60), ("test", 60))}
     layer = {s: part["trained"][1] for s, part in parts.items()}
     labels = {s: part["labels"] for s, part in parts.items()}
     alone = probe_accuracies(layer, labels, strengths=(1e-7,))
     swept = probe_accuracies(layer, labels, strengths=(1e-7, 1.0))
     assert alone[0] < 0.6 and swept[0] >= 0.9 and swept[1] >= 0.9
+
+
+def test_the_all_layers_probe_reads_what_no_single_layer_holds():
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):  # four classes: layer 1 holds the label's low bit, layer 2 its high bit
+        labels = torch.randint(4, (n,), generator=g)
+        trained = torch.randn(2, n, 8, generator=g) * 0.3
+        trained[0, :, 0] += (labels % 2).float() * 3
+        trained[1, :, 0] += (labels // 2).float() * 3
+        return {"trained": trained, "random": torch.randn(2, n, 8, generator=g),
+                "pixels": torch.randn(1, n, 8, generator=g), "labels": labels}
+
+    values = fit_probes({"train": split(200), "val": split(80), "test": split(80)})
+    assert values["probe/acc_layer_1"] < 0.65 and values["probe/acc_layer_2"] < 0.65
+    assert values["probe/acc_all_layers"] >= 0.9
+    assert values["probe/acc_random_init_all_layers"] < 0.5
+
+
+def test_probe_folds_are_stratified_over_train_and_val_or_the_given_split():
+    train, val = np.repeat([0, 1, 2], 10), np.repeat([0, 1, 2], 4)
+    pairs = folds(train, val)
+    assert len(pairs) == 3
+    held_out = np.concatenate([b for _, b in pairs])
+    assert sorted(held_out) == list(range(42))  # every item is scored once
+    labels = np.concatenate([train, val])
+    for fit, scored in pairs:
+        assert not set(fit) & set(scored) and set(labels[scored]) == {0, 1, 2}
+    # a class with fewer items than folds (a few tested batches): the train/val split as given
+    few = folds(np.array([0, 1, 1]), np.array([0, 1]))
+    assert [(list(a), list(b)) for a, b in few] == [([0, 1, 2], [3, 4])]
 
 
 def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):

@@ -49,7 +49,8 @@ def test_every_experiment_runs_with_fast_dev_run(make_cfg, tmp_path, experiment)
     expected = set(CLASSIFIER_TEST_METRICS)
     if experiment.startswith("pixel_lm"):  # pretraining: bits per dim and the probes
         expected = {"test/loss", "test/bits_per_dim", "probe/acc_best", "probe/acc_pixels",
-                    "probe/acc_random_init"}
+                    "probe/acc_random_init", "probe/acc_all_layers",
+                    "probe/acc_random_init_all_layers"}
     if experiment == "tagging_shapes":
         expected.add("test/exact_match")
     if experiment.startswith("fusion"):

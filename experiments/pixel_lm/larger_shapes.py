@@ -156,7 +156,7 @@ def main() -> int:
         f"{args.lr}, up to {args.epochs} epochs or {args.max_minutes:g} min of training "
         f"(trained {epochs} epochs in {lm['fit_seconds']:.0f} s; the checkpoint with the best "
         f"val/bits_per_dim is tested; its gen/acc sampled at {sampling}).", "",
-        "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
+        "| data | probe, pretrained (block chosen by CV) | probe, random init | probe, raw pixels "
         "| CNN (judge) | test bits/dim | gen/acc (class) | gen/acc (caption) |",
         "|---|---|---|---|---|---|---|---|",
         f"| shapes | {lm['probe/acc_best']:.4f} (block {lm['probe/best_layer']:.0f}) | "

@@ -97,8 +97,9 @@ def main() -> int:
         cnn = f"{data} CNN" if data == "digits" else "shapes CNN (judge)"
         pre = f"{data} pretrain"
         rows.append(f"| {data} | {col(pre, 'probe/acc_best')} (block "
-                    f"{col(pre, 'probe/best_layer', 0)}) | {col(pre, 'probe/acc_random_init')} | "
-                    f"{col(pre, 'probe/acc_pixels')} | "
+                    f"{col(pre, 'probe/best_layer', 0)}) | {col(pre, 'probe/acc_all_layers')} | "
+                    f"{col(pre, 'probe/acc_random_init')} | "
+                    f"{col(pre, 'probe/acc_random_init_all_layers')} | {col(pre, 'probe/acc_pixels')} | "
                     f"{col('digits finetune', 'test/acc') if data == 'digits' else '—'} | "
                     f"{col(cnn, 'test/acc')} | {col(pre, 'test/bits_per_dim', 3)} |")
     layers = sorted(k for k in results["digits pretrain"][0] if k.startswith("probe/acc_layer_"))
@@ -119,14 +120,19 @@ def main() -> int:
     seeds, command = shapes, f"--seeds {shapes}"
     if digits != shapes:
         seeds, command = f"{digits} (digits), {shapes} (shapes)", f"{command} --digits-seeds {digits}"
-    per_seed = [f"seed {seed}: {r['probe/acc_best']:.4f} (block {r['probe/best_layer']:.0f}) "
-                f"against pixels {r['probe/acc_pixels']:.4f}"
+    per_seed = [f"seed {seed}: {r['probe/acc_best']:.4f} (block {r['probe/best_layer']:.0f}), "
+                f"all blocks {r['probe/acc_all_layers']:.4f}, against pixels "
+                f"{r['probe/acc_pixels']:.4f}"
                 for seed, r in zip(digits_seeds, results["digits pretrain"])]
     lines = [
         f"{where} Seeds {seeds}. Command: `python experiments/pixel_lm/run.py "
         f"{command} --write-readme`.", "",
-        "| data | probe, pretrained (block chosen on val) | probe, random init | probe, raw pixels "
-        "| fine-tuned | CNN | test bits/dim |", "|---|---|---|---|---|---|---|", *rows, "",
+        "| data | probe, pretrained (block chosen by CV) | probe, pretrained, all blocks "
+        "| probe, random init | probe, random init, all blocks | probe, raw pixels "
+        "| fine-tuned | CNN | test bits/dim |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+        f"Beside the issue's checks below: the digits probe of all blocks side by side "
+        f"{mean('digits pretrain', 'probe/acc_all_layers'):.4f} against the pixels' "
+        f"{pixels:.4f}.", "",
         "Probe test accuracy by block (pretrained):", "",
         "| data | " + " | ".join(k.split("_")[-1] for k in layers) + " |",
         "|---|" + "---|" * len(layers), *by_layer, "",
