@@ -9,10 +9,11 @@ caption tokens.
   token); ``val/bits_per_dim`` selects the best checkpoint. Testing (at the end of training and
   in ``lmvision-eval``) adds a linear probe: logistic regression on the mean-pooled output of
   every block (``probe/acc_layer_<i>``; ``probe/best_layer`` is chosen by cross-validation
-  over train and val, and ``probe/acc_best`` is its test accuracy) and on every block's side by
-  side (``probe/acc_all_layers``), beside the same probe on raw pixels (``probe/acc_pixels``)
-  and on the same architecture with random weights (``probe/acc_random_init``,
-  ``probe/acc_random_init_all_layers``); ``lmvision.strategies.probe`` has the protocol.
+  over train and val, and ``probe/acc_best`` is its test accuracy) and on every block's
+  output side by side (``probe/acc_all_layers``), beside the same probe on raw pixels
+  (``probe/acc_pixels``) and on the same architecture with random weights
+  (``probe/acc_random_init``, ``probe/acc_random_init_all_layers``);
+  ``lmvision.strategies.probe`` has the protocol.
 * ``stage=finetune``: a linear head on the mean-pooled last block, cross-entropy plus the
   generative loss times ``generative_weight`` (as iGPT), usually from a pretrained run's weights
   (``init_from=``); reports the classifier metrics and selects by validation accuracy (the
