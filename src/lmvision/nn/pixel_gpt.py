@@ -45,9 +45,11 @@ class KVCache:
 
     def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype) -> None:
-        shape = (batch, heads, length, head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        shape = (2, batch, heads, length, head_dim)
+        # per layer, keys and values in one tensor: a step writes both with one kernel
+        self.pairs = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
+        self.keys = [pair[0] for pair in self.pairs]  # views of ``pairs``
+        self.values = [pair[1] for pair in self.pairs]
         self.slots = torch.arange(length, device=device)  # the cache's positions, for the mask
 
 
@@ -76,25 +78,30 @@ class Block(nn.Module):
         return self._rest(x, self._attend(q, k, v, start))
 
     def step(self, x: torch.Tensor, cache: KVCache, layer: int, position: torch.Tensor,
-             mask: torch.Tensor) -> torch.Tensor:
+             bias: torch.Tensor) -> torch.Tensor:
         """One token per sequence, ``x`` (B, 1, dim), at ``position`` (a (1,) tensor): its key
-        and value go into the cache there, and it attends to the whole cache where ``mask``
-        (1, T) allows (positions up to its own). Shapes never change, so a CUDA graph can
-        replay it (:meth:`forward` with the cache does the same on the slots up to ``start``)."""
-        q, k, v = self._qkv(x)
-        keys, values = cache.keys[layer], cache.values[layer]
-        keys.index_copy_(2, position, k.to(keys.dtype))
-        values.index_copy_(2, position, v.to(values.dtype))
-        # one query: softmax(qKᵀ/√d)V as two matrix-vector products (a fused attention kernel
-        # tiles for many queries, and for one it is the slowest kernel of the step on a GPU)
-        scores = (q @ keys.to(q.dtype).transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, h, 1, T)
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-        return self._rest(x, weights @ values.to(q.dtype))
+        and value go into the cache there, and it attends to the whole cache, ``bias`` (1, 1, T)
+        added to its scores (0 up to its own position, -inf after). Shapes never change, so a
+        CUDA graph can replay it (:meth:`forward` with the cache does the same on the slots up
+        to ``start``)."""
+        b, _, dim = x.shape
+        qkv = self._qkv(x)  # (3, B, h, 1, hd)
+        pair = cache.pairs[layer]
+        pair.index_copy_(3, position, qkv[1:].to(pair.dtype))  # key and value at once
+        # one query: softmax(qKᵀ/√d + bias)V as two batched matrix-vector products, the scale
+        # and bias inside the first (a fused attention kernel tiles for many queries, and for
+        # one it is the slowest kernel of the step on a GPU)
+        q = qkv[0].reshape(-1, 1, dim // self.heads)  # (B·h, 1, hd)
+        keys, values = (t.to(q.dtype).flatten(0, 1) for t in pair)  # (B·h, T, hd)
+        scores = torch.baddbmm(bias.to(q.dtype), q, keys.transpose(1, 2), alpha=q.shape[-1] ** -0.5)
+        out = scores.softmax(-1) @ values  # (B·h, 1, hd)
+        return self._rest(x, out.view(b, self.heads, 1, -1))
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values: (3, B, h, L, hd)."""
         b, length, dim = x.shape
         return self.qkv(self.norm1(x)).view(b, length, 3, self.heads, dim // self.heads) \
-            .permute(2, 0, 3, 1, 4)  # 3 x (B, h, L, hd)
+            .permute(2, 0, 3, 1, 4)
 
     def _rest(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The block's output from its input and the attention's (B, h, L, hd)."""
@@ -298,9 +305,11 @@ class PixelGPT(nn.Module):
         tensor); its keys and values go into ``cache``, which holds those of every earlier
         position. Every shape is fixed, for a CUDA graph (see :meth:`Block.step`)."""
         x = self.embed(token.unsqueeze(1)) + self.position.index_select(0, position)
-        mask = (cache.slots <= position).unsqueeze(0)  # (1, T): this position and the ones before
+        # (1, 1, T): 0 at this position and the ones before, -inf after
+        bias = torch.zeros_like(cache.slots, dtype=x.dtype).masked_fill(
+            cache.slots > position, float("-inf")).view(1, 1, -1)
         for i, block in enumerate(self.blocks):
-            x = block.step(x, cache, i, position, mask)
+            x = block.step(x, cache, i, position, bias)
         return self.head(self.norm(x))[:, -1]
 
     def _stepper(self, rows: int, device: torch.device, compiled: bool = False):
