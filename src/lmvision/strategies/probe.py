@@ -46,10 +46,19 @@ def probe_accuracies(features: dict[str, torch.Tensor], labels: dict[str, torch.
     """Cross-validated and test accuracy of a logistic-regression probe on standardised
     ``features[split]`` (N, D): the ``C`` of ``strengths`` with the best mean accuracy over
     the folds of train and val, refitted on train and val."""
+    from joblib import Parallel, delayed
+
     x = np.concatenate([features[s].double().numpy() for s in ("train", "val")])
     y = np.concatenate([labels[s].numpy() for s in ("train", "val")])
     pairs = folds(labels["train"].numpy(), labels["val"].numpy())
-    scores = {c: float(np.mean([_fit(x[a], y[a], c).score(x[b], y[b]) for a, b in pairs]))
+
+    def held_out(c: float, fit: np.ndarray, held: np.ndarray) -> float:
+        return _fit(x[fit], y[fit], c).score(x[held], y[held])
+
+    runs = [(c, fit, held) for c in strengths for fit, held in pairs]
+    # one fit per core at a time (threads: the solvers' products release the GIL)
+    accuracy = Parallel(n_jobs=-1, prefer="threads")(delayed(held_out)(*run) for run in runs)
+    scores = {c: float(np.mean([a for (rc, _, _), a in zip(runs, accuracy) if rc == c]))
               for c in strengths}
     chosen = max(strengths, key=scores.get)
     test = _fit(x, y, chosen).score(features["test"].double().numpy(), labels["test"].numpy())
@@ -74,7 +83,19 @@ def all_layers(stacks: dict[str, torch.Tensor], labels: dict[str, torch.Tensor])
 
 def fit_probes(merged: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
     """``probe/*`` metrics from the features of the trained model, of the same architecture
-    with random weights, and of raw pixels (``merged[split][kind]``: (layers, N, D))."""
+    with random weights, and of raw pixels (``merged[split][kind]``: (layers, N, D)).
+
+    The fits run side by side, one per core, each on one thread: they are many small matrix
+    products, and in a process that has trained with PyTorch, the threads of its OpenMP pool
+    and those of scikit-learn's and SciPy's own OpenMP and BLAS libraries would fight over the
+    cores (the probes of a digits-sized run took six times as long on 2 cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _fit_probes(merged)
+
+
+def _fit_probes(merged: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
     labels = {s: merged[s]["labels"] for s in merged}
     trained = {s: merged[s]["trained"] for s in merged}
     random = {s: merged[s]["random"] for s in merged}
