@@ -29,6 +29,18 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
     assert "| dim 32, depth 2 | 0 M | 4 | no |" in result.stdout  # the MFU code, on a toy model
 
 
+def test_probe_speed_study_quick_run(tmp_path):
+    """Both sides of the probe benchmark run and report the same accuracies (its timings are
+    in its README)."""
+    result = run_cli([str(ROOT / "experiments" / "probe_speed" / "run.py"), "--quick"],
+                     cwd=tmp_path, timeout=600)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "PASS: the same test accuracies" in result.stdout
+    rows = [line for line in result.stdout.splitlines()
+            if line.startswith(("| plain scikit-learn loop | ", "| lmvision fit_probes |"))]
+    assert len(rows) == 2 and rows[0].split("|")[2:] == rows[1].split("|")[2:]  # accuracies
+
+
 @pytest.mark.slow
 def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     """The larger shapes study runs end to end (on the CPU, tiny): judge, pixel LM, its probes

@@ -1,0 +1,168 @@
+"""Probe speed: lmvision's linear probes (``lmvision.strategies.probe.fit_probes``) against the
+same probes written as a plain scikit-learn loop, in one process that has just run PyTorch.
+
+    .venv/bin/python experiments/probe_speed/run.py --write-readme   # ~3 min on 2 CPU cores
+    .venv/bin/python experiments/probe_speed/run.py --quick          # a smoke run
+
+The features are those ``strategy=pixel_lm`` probes at the end of a digits run
+(``experiment=pixel_lm_digits``'s model size): every block's mean-pooled output of a PixelGPT
+over scikit-learn's 8x8 digits (16 greys, 64 pixel tokens), for two weight seeds (standing in
+for the trained and the random-init model, which have the same shapes), and the raw pixels.
+Splits: 70 / 15 / 15 % of the scans, seeded. Both sides run the same protocol: for each
+probe, 5 values of C x 3 stratified folds over train+val, then a refit of the chosen C on
+train+val, scored on test; 4 single-block probes and one of all blocks side by side, per
+model, and one on pixels (176 fits in all). The plain side is the loop a user writes:
+``make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(...)`` one after
+another, with the libraries' default threads. Before each side's timing a PyTorch forward pass
+runs, as training does before the probes. The two sides alternate; each figure is the median
+of ``--repeats``. The script checks that both give the same accuracies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmvision.strategies import probe
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import studies  # noqa: E402  (experiments/studies.py)
+
+DIM, DEPTH, HEADS = 128, 4, 4  # conf/experiment/pixel_lm_digits.yaml's model
+
+
+def digits_features(items: int | None, seed: int = 0) -> tuple[dict, torch.nn.Module]:
+    """``merged[split][kind]`` as ``PixelLMStrategy.linear_probe`` builds it, and the model."""
+    from sklearn.datasets import load_digits
+
+    from lmvision.nn.pixel_gpt import PixelGPT
+
+    scans, labels = load_digits(return_X_y=True)
+    order = np.random.default_rng(seed).permutation(len(labels))[:items]
+    tokens = torch.as_tensor(scans[order]).long().clamp(max=15)  # 16 greys
+    labels = torch.as_tensor(labels[order])
+    stacks = {}
+    for kind, weights in (("trained", 0), ("random", 1)):
+        torch.manual_seed(weights)
+        gpt = PixelGPT(16, 64, dim=DIM, depth=DEPTH, heads=HEADS).eval()
+        with torch.no_grad():
+            _, states = gpt.pixel_logits(gpt.prefix(batch=len(tokens)), tokens, hidden=True)
+        stacks[kind] = torch.stack([s.mean(1) for s in states])  # (layers, N, D)
+    n = len(labels)
+    cuts = {"train": slice(0, int(0.7 * n)), "val": slice(int(0.7 * n), int(0.85 * n)),
+            "test": slice(int(0.85 * n), n)}
+    merged = {s: {"trained": stacks["trained"][:, cut], "random": stacks["random"][:, cut],
+                  "pixels": tokens[cut].float().unsqueeze(0) / 15, "labels": labels[cut]}
+              for s, cut in cuts.items()}
+    return merged, gpt
+
+
+def plain_probes(merged: dict) -> dict[str, float]:
+    """The same probes as a plain scikit-learn loop: sequential fits, default threads."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def fit(x, y, c):
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(x, y)
+
+    def one(features: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
+        x = np.concatenate([features["train"], features["val"]])
+        yy = np.concatenate([y["train"], y["val"]])
+        splits = list(StratifiedKFold(probe.FOLDS, shuffle=True, random_state=probe.FOLD_SEED)
+                      .split(yy, yy))
+        cv = {c: np.mean([fit(x[a], yy[a], c).score(x[b], yy[b]) for a, b in splits])
+              for c in probe.INVERSE_REGULARISATION}
+        chosen = max(probe.INVERSE_REGULARISATION, key=cv.get)
+        return cv[chosen], fit(x, yy, chosen).score(features["test"], y["test"])
+
+    y = {s: merged[s]["labels"].numpy() for s in merged}
+    out = {}
+    for kind in ("trained", "random"):
+        stack = {s: merged[s][kind].double().numpy() for s in merged}
+        layers = [one({s: stack[s][i] for s in stack}, y) for i in range(len(stack["train"]))]
+        best = max(range(len(layers)), key=lambda i: layers[i][0])
+        out[kind] = layers[best][1]
+        side = {s: np.concatenate(list(stack[s]), axis=1) for s in stack}
+        out[f"{kind}_all_layers"] = one(side, y)[1]
+    out["pixels"] = one({s: merged[s]["pixels"][0].double().numpy() for s in merged}, y)[1]
+    return out
+
+
+def lmvision_probes(merged: dict) -> dict[str, float]:
+    values = probe.fit_probes(merged)
+    return {"trained": values["probe/acc_best"], "random": values["probe/acc_random_init"],
+            "trained_all_layers": values["probe/acc_all_layers"],
+            "random_all_layers": values["probe/acc_random_init_all_layers"],
+            "pixels": values["probe/acc_pixels"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="300 scans, one repeat")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+    merged, gpt = digits_features(300 if args.quick else None)
+    repeats = 1 if args.quick else args.repeats
+    warm = torch.randint(16, (64, 64))
+
+    def timed(side) -> tuple[float, dict]:
+        with torch.no_grad():  # PyTorch's thread pool awake, as after training
+            gpt.pixel_logits(gpt.prefix(batch=len(warm)), warm)
+        start = time.perf_counter()
+        accuracies = side(merged)
+        return time.perf_counter() - start, accuracies
+
+    sides = {"plain scikit-learn loop": plain_probes, "lmvision fit_probes": lmvision_probes}
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    results = {}
+    for r in range(repeats):
+        for name in (sides if r % 2 == 0 else reversed(list(sides))):
+            seconds, results[name] = timed(sides[name])
+            times[name].append(seconds)
+            print(f"repeat {r + 1}/{repeats}: {name:<24} {seconds:7.1f} s", flush=True)
+    plain, ours = (statistics.median(times[name]) for name in sides)
+    a, b = results.values()
+    differ = [k for k in a if abs(a[k] - b[k]) > 1e-9]
+    n = sum(len(merged[s]["labels"]) for s in merged)
+    lines = [
+        studies.environment_line(),
+        f"Command: `python experiments/probe_speed/run.py{' --quick' if args.quick else ''}"
+        f"{' --write-readme' if args.write_readme else ''}`.",
+        "",
+        f"{n} digits scans; PixelGPT dim {DIM}, depth {DEPTH}; median of {repeats} "
+        f"{'repeat' if repeats == 1 else 'repeats'}, the two sides alternating.",
+        "",
+        "| side | seconds for all probes (176 fits) | speed-up over the plain loop |",
+        "|---|---|---|",
+        f"| plain scikit-learn loop (default threads) | {plain:.1f} | 1.00 |",
+        f"| lmvision `fit_probes` | {ours:.1f} | {plain / ours:.2f} |",
+        "",
+        "| test accuracy | " + " | ".join(a) + " |",
+        "|---|" + "---|" * len(a),
+        *(f"| {name} | " + " | ".join(f"{acc[k]:.4f}" for k in a) + " |"
+          for name, acc in results.items()),
+        "",
+        f"- {'PASS' if ours <= plain else 'FAIL'}: lmvision's probes at least as fast as the "
+        f"plain loop ({plain / ours:.2f}×)",
+        f"- {'PASS' if not differ else 'FAIL'}: the same test accuracies"
+        + (f" (differ: {', '.join(differ)})" if differ else ""),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write_readme:
+        studies.write_results(HERE / "README.md", text)
+    return 0 if ours <= plain and not differ else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
