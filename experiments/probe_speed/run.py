@@ -6,16 +6,20 @@ same probes written as a plain scikit-learn loop, in one process that has just r
 
 The features are those ``strategy=pixel_lm`` probes at the end of a digits run
 (``experiment=pixel_lm_digits``'s model size): every block's mean-pooled output of a PixelGPT
-over scikit-learn's 8x8 digits (16 greys, 64 pixel tokens), for two weight seeds (standing in
-for the trained and the random-init model, which have the same shapes), and the raw pixels.
+over scikit-learn's 8x8 digits (16 greys, 64 pixel tokens), for two weight seeds
+(``reset_parameters``: standing in for the trained and the random-init model, which have the
+same shapes), and the raw pixels.
 Splits: 70 / 15 / 15 % of the scans, seeded. Both sides run the same protocol: for each
 probe, 5 values of C x 3 stratified folds over train+val, then a refit of the chosen C on
 train+val, scored on test; 4 single-block probes and one of all blocks side by side, per
 model, and one on pixels (176 fits in all). The plain side is the loop a user writes:
 ``make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(...)`` one after
-another, with the libraries' default threads. Before each side's timing a PyTorch forward pass
-runs, as training does before the probes. The two sides alternate; each figure is the median
-of ``--repeats``. The script checks that both give the same accuracies.
+another, with the libraries' default threads. lmvision's runs each fit on one thread, side by
+side over the cores, and once more one fit after another (``probe.JOBS = 1``), to tell what the
+thread limit gains from what running the fits side by side gains. Before each side's timing a
+PyTorch forward pass runs, as training does before the probes. The sides alternate, after an
+untimed run of each on 60 scans; each figure is the median of ``--repeats``. The script checks
+that all give the same test accuracies, within one test item.
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ def digits_features(items: int | None, seed: int = 0) -> tuple[dict, torch.nn.Mo
     tokens = torch.as_tensor(scans[order]).long().clamp(max=15)  # 16 greys
     labels = torch.as_tensor(labels[order])
     stacks = {}
+    gpt = PixelGPT(16, 64, dim=DIM, depth=DEPTH, heads=HEADS).eval()
     for kind, weights in (("trained", 0), ("random", 1)):
-        torch.manual_seed(weights)
-        gpt = PixelGPT(16, 64, dim=DIM, depth=DEPTH, heads=HEADS).eval()
+        gpt.reset_parameters(weights)
         with torch.no_grad():
             _, states = gpt.pixel_logits(gpt.prefix(batch=len(tokens)), tokens, hidden=True)
         stacks[kind] = torch.stack([s.mean(1) for s in states])  # (layers, N, D)
@@ -67,7 +71,6 @@ def digits_features(items: int | None, seed: int = 0) -> tuple[dict, torch.nn.Mo
 def plain_probes(merged: dict) -> dict[str, float]:
     """The same probes as a plain scikit-learn loop: sequential fits, default threads."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -77,8 +80,7 @@ def plain_probes(merged: dict) -> dict[str, float]:
     def one(features: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[float, float]:
         x = np.concatenate([features["train"], features["val"]])
         yy = np.concatenate([y["train"], y["val"]])
-        splits = list(StratifiedKFold(probe.FOLDS, shuffle=True, random_state=probe.FOLD_SEED)
-                      .split(yy, yy))
+        splits = probe.folds(y["train"], y["val"])  # the same folds
         cv = {c: np.mean([fit(x[a], yy[a], c).score(x[b], yy[b]) for a, b in splits])
               for c in probe.INVERSE_REGULARISATION}
         chosen = max(probe.INVERSE_REGULARISATION, key=cv.get)
@@ -97,8 +99,12 @@ def plain_probes(merged: dict) -> dict[str, float]:
     return out
 
 
-def lmvision_probes(merged: dict) -> dict[str, float]:
-    values = probe.fit_probes(merged)
+def lmvision_probes(merged: dict, jobs: int = probe.JOBS) -> dict[str, float]:
+    probe.JOBS = jobs
+    try:
+        values = probe.fit_probes(merged)
+    finally:
+        probe.JOBS = -1
     return {"trained": values["probe/acc_best"], "random": values["probe/acc_random_init"],
             "trained_all_layers": values["probe/acc_all_layers"],
             "random_all_layers": values["probe/acc_random_init_all_layers"],
@@ -122,39 +128,50 @@ def main() -> int:
         accuracies = side(merged)
         return time.perf_counter() - start, accuracies
 
-    sides = {"plain scikit-learn loop": plain_probes, "lmvision fit_probes": lmvision_probes}
+    sides = {"plain scikit-learn loop": plain_probes,
+             "lmvision, fits one at a time": lambda m: lmvision_probes(m, jobs=1),
+             "lmvision fit_probes": lmvision_probes}
+    tiny = {s: {k: v[:60] if k == "labels" else v[:, :60] for k, v in split.items()}
+            for s, split in merged.items()}
+    for side in sides.values():  # imports and thread pools started, untimed
+        side(tiny)
     times: dict[str, list[float]] = {name: [] for name in sides}
     results = {}
     for r in range(repeats):
         for name in (sides if r % 2 == 0 else reversed(list(sides))):
             seconds, results[name] = timed(sides[name])
             times[name].append(seconds)
-            print(f"repeat {r + 1}/{repeats}: {name:<24} {seconds:7.1f} s", flush=True)
-    plain, ours = (statistics.median(times[name]) for name in sides)
-    a, b = results.values()
-    differ = [k for k in a if abs(a[k] - b[k]) > 1e-9]
+            print(f"repeat {r + 1}/{repeats}: {name:<30} {seconds:7.1f} s", flush=True)
+    plain, one, ours = (statistics.median(times[name]) for name in sides)
+    n_test = len(merged["test"]["labels"])
+    reference = results["plain scikit-learn loop"]
+    # different thread counts may round a borderline item differently: one test item allowed
+    differ = sorted({k for acc in results.values() for k in acc
+                     if abs(acc[k] - reference[k]) > 1.5 / n_test})
     n = sum(len(merged[s]["labels"]) for s in merged)
     lines = [
         studies.environment_line(),
         f"Command: `python experiments/probe_speed/run.py{' --quick' if args.quick else ''}"
         f"{' --write-readme' if args.write_readme else ''}`.",
         "",
-        f"{n} digits scans; PixelGPT dim {DIM}, depth {DEPTH}; median of {repeats} "
-        f"{'repeat' if repeats == 1 else 'repeats'}, the two sides alternating.",
+        f"{n} digits scans ({n_test} in test); PixelGPT dim {DIM}, depth {DEPTH}; median of "
+        f"{repeats} {'repeat' if repeats == 1 else 'repeats'}, the sides alternating.",
         "",
         "| side | seconds for all probes (176 fits) | speed-up over the plain loop |",
         "|---|---|---|",
         f"| plain scikit-learn loop (default threads) | {plain:.1f} | 1.00 |",
-        f"| lmvision `fit_probes` | {ours:.1f} | {plain / ours:.2f} |",
+        f"| lmvision, each fit on one thread, one after another | {one:.1f} | {plain / one:.2f} |",
+        f"| lmvision `fit_probes` (each fit on one thread, one per core) | {ours:.1f} | "
+        f"{plain / ours:.2f} |",
         "",
-        "| test accuracy | " + " | ".join(a) + " |",
-        "|---|" + "---|" * len(a),
-        *(f"| {name} | " + " | ".join(f"{acc[k]:.4f}" for k in a) + " |"
+        "| test accuracy | " + " | ".join(reference) + " |",
+        "|---|" + "---|" * len(reference),
+        *(f"| {name} | " + " | ".join(f"{acc[k]:.4f}" for k in reference) + " |"
           for name, acc in results.items()),
         "",
         f"- {'PASS' if ours <= plain else 'FAIL'}: lmvision's probes at least as fast as the "
         f"plain loop ({plain / ours:.2f}×)",
-        f"- {'PASS' if not differ else 'FAIL'}: the same test accuracies"
+        f"- {'PASS' if not differ else 'FAIL'}: the same test accuracies, within one test item"
         + (f" (differ: {', '.join(differ)})" if differ else ""),
     ]
     text = "\n".join(lines)

@@ -12,12 +12,13 @@ textbook softmax(QKᵀ/√d)V (``attention="naive"``, kept for the speed study a
 with the KV cache reads the conditions and known pixels in one pass, then feeds one token per
 step, attending to the cached keys and values of the positions so far. On a CUDA device the
 step is :meth:`PixelGPT.step`, which writes its keys and values at its position and attends
-to the whole cache through a mask: its shapes never change, so it is captured once as a CUDA
-graph and replayed per token (a step of a small model is otherwise dozens of kernel launches
-for little arithmetic); the graph is kept for later calls of the same batch size. Its one
-query's attention is two matrix-vector products and a masked softmax, not a fused attention
-kernel (which tiles for many queries). ``generate(compile_step=True)`` also compiles the step.
-Without the cache, every step re-reads the whole sequence. All give the same tokens.
+to the whole cache, the slots after its position masked by an additive -inf: its shapes never
+change, so it is captured once as a CUDA graph and replayed per token (a step of a small model
+is otherwise dozens of kernel launches for little arithmetic); the graph is kept for later
+calls of the same batch size. Its one query's attention is two batched matrix-vector products
+and a softmax, not a fused attention kernel (which tiles for many queries).
+``generate(compile_step=True)`` also compiles the step. Without the cache, every step re-reads
+the whole sequence. All give the same tokens.
 """
 
 from __future__ import annotations
