@@ -2,7 +2,7 @@
 it draw what it is asked to? Writes README.md's results and copies the sample grids beside it.
 
     .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~35 min on 2 CPU cores
-    .venv/bin/python experiments/pixel_lm/run.py --digits-seeds 0 1 2 --write-readme   # ~65 min
+    .venv/bin/python experiments/pixel_lm/run.py --digits-seeds 0 1 2 --write-readme   # ~60 min
 
 Runs (`python -m lmvision.train`, CSV logger), for each seed:
 
