@@ -30,8 +30,8 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
 
 
 def test_probe_speed_study_quick_run(tmp_path):
-    """Both sides of the probe benchmark run and report the same accuracies (its timings are
-    in its README)."""
+    """The three sides of the probe benchmark run, and lmvision's fits give the same accuracies
+    side by side as one after another (its timings are in its README)."""
     result = run_cli([str(ROOT / "experiments" / "probe_speed" / "run.py"), "--quick"],
                      cwd=tmp_path, timeout=600)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]

@@ -253,6 +253,40 @@ def test_the_all_layers_probe_reads_what_no_single_layer_holds():
     assert values["probe/acc_random_init_all_layers"] < 0.5
 
 
+def test_probe_fits_run_on_one_thread_each_side_by_side(monkeypatch):
+    """Each fit sees every BLAS and OpenMP pool limited to one thread (beside PyTorch's they
+    would fight over the cores), and the cross-validation fits run off the calling thread."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    from lmvision.strategies import probe
+
+    seen = []
+    fit = probe._fit
+
+    def recording(x, y, c):
+        seen.append((threading.get_ident(), {p["num_threads"] for p in threadpool_info()}))
+        return fit(x, y, c)
+
+    monkeypatch.setattr(probe, "_fit", recording)
+    monkeypatch.setattr(probe, "JOBS", 2)
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        labels = torch.arange(n) % 3
+        return {"trained": torch.randn(1, n, 4, generator=g) + labels[:, None].float(),
+                "random": torch.randn(1, n, 4, generator=g),
+                "pixels": torch.randn(1, n, 4, generator=g), "labels": labels}
+
+    fit_probes({"train": split(30), "val": split(12), "test": split(12)})
+    assert seen and all(threads == {1} for _, threads in seen)
+    main = threading.get_ident()
+    # per probe: 5 strengths x 3 folds off the calling thread, then the refit on it
+    assert sum(ident != main for ident, _ in seen) == 5 * 15
+    assert sum(ident == main for ident, _ in seen) == 5
+
+
 def test_probe_folds_are_stratified_over_train_and_val_or_the_given_split():
     train, val = np.repeat([0, 1, 2], 10), np.repeat([0, 1, 2], 4)
     pairs = folds(train, val)

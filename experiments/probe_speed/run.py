@@ -100,12 +100,14 @@ def plain_probes(merged: dict) -> dict[str, float]:
     return out
 
 
-def lmvision_probes(merged: dict, jobs: int = probe.JOBS) -> dict[str, float]:
-    probe.JOBS = jobs
+def lmvision_probes(merged: dict, jobs: int | None = None) -> dict[str, float]:
+    """``fit_probes``' accuracies; ``jobs``: fits side by side (``probe.JOBS``) for this call."""
+    default = probe.JOBS
+    probe.JOBS = default if jobs is None else jobs
     try:
         values = probe.fit_probes(merged)
     finally:
-        probe.JOBS = -1
+        probe.JOBS = default
     return {"trained": values["probe/acc_best"], "random": values["probe/acc_random_init"],
             "trained_all_layers": values["probe/acc_all_layers"],
             "random_all_layers": values["probe/acc_random_init_all_layers"],
@@ -118,6 +120,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="300 scans, one repeat")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     merged, gpt = digits_features(300 if args.quick else None)
     repeats = 1 if args.quick else args.repeats
     warm = torch.randint(16, (64, 64))

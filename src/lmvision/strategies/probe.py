@@ -48,20 +48,22 @@ def probe_accuracies(features: dict[str, torch.Tensor], labels: dict[str, torch.
     ``features[split]`` (N, D): the ``C`` of ``strengths`` with the best mean accuracy over
     the folds of train and val, refitted on train and val."""
     from sklearn.utils.parallel import Parallel, delayed
+    from threadpoolctl import threadpool_limits
 
     x = np.concatenate([features[s].double().numpy() for s in ("train", "val")])
     y = np.concatenate([labels[s].numpy() for s in ("train", "val")])
     pairs = folds(labels["train"].numpy(), labels["val"].numpy())
 
     def held_out(c: float, fit: np.ndarray, held: np.ndarray) -> float:
-        return _fit(x[fit], y[fit], c).score(x[held], y[held])
+        with threadpool_limits(limits=1):  # OpenMP's limit holds per thread: each sets its own
+            return _fit(x[fit], y[fit], c).score(x[held], y[held])
 
     runs = [(c, fit, held) for c in strengths for fit, held in pairs]
     # threads: the solver's products release the GIL for part of each fit, and threads need no
     # copies of the features (experiments/probe_speed measures what they gain)
     accuracy = Parallel(n_jobs=JOBS, prefer="threads")(delayed(held_out)(*run) for run in runs)
-    scores = {c: float(np.mean([a for (rc, _, _), a in zip(runs, accuracy) if rc == c]))
-              for c in strengths}
+    means = np.reshape(accuracy, (len(strengths), len(pairs))).mean(1)  # runs are C-major
+    scores = dict(zip(strengths, means.tolist()))
     chosen = max(strengths, key=scores.get)
     test = _fit(x, y, chosen).score(features["test"].double().numpy(), labels["test"].numpy())
     return scores[chosen], float(test)
@@ -90,7 +92,7 @@ def fit_probes(merged: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
     The fits run side by side, one per core, each on one thread: they are many small matrix
     products, and in a process that has trained with PyTorch, the threads of its OpenMP pool
     and those of scikit-learn's and SciPy's own OpenMP and BLAS libraries would fight over the
-    cores (the probes of a digits-sized run took six times as long on 2 cores)."""
+    cores (16 times as long for a digits-sized run on 2 cores: ``experiments/probe_speed``)."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
