@@ -226,6 +226,9 @@ def test_the_probe_picks_the_informative_layer_by_cross_validation():
     assert values["probe/acc_best"] == values["probe/acc_layer_2"] >= 0.9
     assert values["probe/acc_layer_1"] < 0.6 and values["probe/acc_random_init"] < 0.6
     assert values["probe/acc_pixels"] < 0.6
+    # the cross-validated accuracies of the chosen probes, read on train and val only
+    assert values["probe/cv_acc_best"] >= 0.9
+    assert values["probe/cv_acc_random_init"] < 0.6 and values["probe/cv_acc_pixels"] < 0.6
     # the regularisation is swept and chosen by cross-validation: a useless strength alone
     # scores chance, beside a good one the sweep finds the good one
     parts = {s: split(n) for s, n in (("train", 150), ("val", 60), ("test", 60))}

@@ -12,8 +12,9 @@ caption tokens.
   over train and val, and ``probe/acc_best`` is its test accuracy) and on every block's
   output side by side (``probe/acc_all_layers``), beside the same probe on raw pixels
   (``probe/acc_pixels``) and on the same architecture with random weights
-  (``probe/acc_random_init``, ``probe/acc_random_init_all_layers``);
-  ``lmvision.strategies.probe`` has the protocol.
+  (``probe/acc_random_init``, ``probe/acc_random_init_all_layers``), with the cross-validated
+  accuracies of the chosen probes (``probe/cv_acc_*``: they compare settings without reading
+  the test split); ``lmvision.strategies.probe`` has the protocol.
 * ``stage=finetune``: a linear head on the mean-pooled last block, cross-entropy plus the
   generative loss times ``generative_weight`` (as iGPT), usually from a pretrained run's weights
   (``init_from=``); reports the classifier metrics and selects by validation accuracy (the
