@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from conftest import ROOT, run_cli
@@ -104,3 +105,30 @@ def test_a_study_names_the_commit_given_for_a_copied_tree(monkeypatch):
     assert "lmvision commit 0123456789." in studies.environment_line()
     monkeypatch.delenv("LMVISION_COMMIT")
     assert "0123456789" not in studies.environment_line()
+
+
+@pytest.mark.slow
+def test_pixel_lm_study_smoke_run(tmp_path):
+    """The pixel-LM study runs every part, tiny, at two digits seeds: its tables, the per-seed
+    line and the issue's checks (their verdicts on a smoke run mean nothing)."""
+    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
+                      "--seeds", "0", "--digits-seeds", "0", "1"], cwd=tmp_path, timeout=900)
+    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    out = result.stdout
+    assert "Seeds 0 1 (digits), 0 (shapes)" in out and "--seeds 0 --digits-seeds 0 1" in out
+    ran = re.findall(r"^(digits pretrain|digits finetune|digits CNN|shapes CNN \(judge\)|"
+                     r"shapes pretrain) +seed (\d):", out, re.M)
+    assert sorted(ran) == sorted([(part, seed) for part in ("digits pretrain", "digits finetune",
+                                                             "digits CNN") for seed in "01"]
+                                 + [("shapes CNN (judge)", "0"), ("shapes pretrain", "0")])
+    assert "Digits probe by seed (each seed draws its own split): seed 0: " in out
+    assert "; seed 1: " in out
+    assert len([line for line in out.splitlines() if line.startswith(("- PASS: ", "- FAIL: "))]) == 4
+    rows = [line for line in out.splitlines() if line.startswith(("| digits | ", "| shapes | "))]
+    assert len(rows) == 4  # the main table and the table by block, for each data set
+
+
+def test_pixel_lm_study_smoke_run_writes_nothing(tmp_path):
+    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
+                      "--write-readme"], cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "not for the README" in result.stderr

@@ -37,6 +37,10 @@ DIGITS = ["data=digits", "data.image_size=8", "logger=csv"]
 SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=8000", "data.noise=0",
           "logger=csv"]
 FINETUNE_EPOCHS = 30
+# --smoke: every run real but tiny, to check the script itself (a few batches, a small model)
+SMOKE = ["debug=limit"]
+SMOKE_LM = ["strategy.net.dim=32", "strategy.net.depth=2", "strategy.net.heads=2",
+            "strategy.samples=4", "strategy.gen_samples_per_class=2"]
 
 
 def main() -> int:
@@ -46,8 +50,17 @@ def main() -> int:
                         help="seeds of the digits runs alone (default: --seeds); each seed also "
                              "draws its own split of the 1,797 scans")
     parser.add_argument("--write-readme", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the script: each run a few batches of a small model "
+                             "(debug=limit, 300 shapes images); prints its tables, writes nothing")
     args = parser.parse_args()
+    if args.smoke and args.write_readme:
+        parser.error("--smoke checks the script; its figures are not for the README")
     digits_seeds = args.digits_seeds or args.seeds
+    smoke, smoke_lm = (SMOKE, SMOKE_LM) if args.smoke else ([], [])
+    finetune_epochs = 1 if args.smoke else FINETUNE_EPOCHS
+    images = ["data.num_images=300"] if args.smoke else []  # the shapes runs'
+    shapes = [o for o in SHAPES if not (images and o.startswith("data.num_images="))] + images
 
     results: dict[str, list[dict]] = {}
     sampling = ""  # the shapes run's own sampling settings (its config)
@@ -55,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         def run(name: str, seed: int, overrides: list[str]) -> Path:
             run_dir = Path(tmp) / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}-{seed}"
-            r = studies.train([*overrides, f"seed={seed}"], run_dir)
+            r = studies.train([*overrides, *smoke, f"seed={seed}"], run_dir)
             results.setdefault(name, []).append(r)
             shown = {k: round(v, 4) for k, v in r.items()
                      if k.split("/")[0] in ("test", "probe", "gen") and "loss" not in k}
@@ -68,17 +81,17 @@ def main() -> int:
                     shutil.copy(png, HERE / f"{data}_{png.name}")
 
         for seed in digits_seeds:
-            pre = run("digits pretrain", seed, ["experiment=pixel_lm_digits"])
+            pre = run("digits pretrain", seed, ["experiment=pixel_lm_digits", *smoke_lm])
             run("digits finetune", seed, ["experiment=pixel_lm_digits", "strategy.stage=finetune",
                                            f"init_from={pre / 'checkpoints' / 'last.ckpt'}",
-                                           f"trainer.max_epochs={FINETUNE_EPOCHS}"])
+                                           f"trainer.max_epochs={finetune_epochs}", *smoke_lm])
             run("digits CNN", seed, [*DIGITS, "strategy=image_classifier"])
             if seed == digits_seeds[0]:
                 keep_grids(pre, "digits")
         for seed in args.seeds:
-            judge = run("shapes CNN (judge)", seed, [*SHAPES, "strategy=image_classifier"])
+            judge = run("shapes CNN (judge)", seed, [*shapes, "strategy=image_classifier"])
             lm = run("shapes pretrain", seed, [
-                "experiment=pixel_lm_shapes",
+                "experiment=pixel_lm_shapes", *images, *smoke_lm,
                 f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
             sampling = studies.sampling_settings(lm)
             if seed == args.seeds[0]:
