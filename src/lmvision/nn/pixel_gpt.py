@@ -321,8 +321,9 @@ class PixelGPT(nn.Module):
         position on by one. The graph and its cache are kept for the next call with the same
         rows, device and parameters, if its cache takes at most ``KEEP_GRAPH_BYTES``
         (capturing costs milliseconds: two warm-up steps, the capture, the graph's
-        instantiation); slots after the position are masked, so what an earlier call left
-        there is never read. Elsewhere, in training mode, or when capture
+        instantiation). Its cache is zeroed for each call: slots after the position are masked,
+        but an infinite or NaN key or value that an earlier call left there would still reach
+        the output (through the additive mask, and as a zero weight times it). Elsewhere, in training mode, or when capture
         fails: :meth:`forward` on the one token with a new cache. ``compiled``: the step goes
         through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
         def new_cache() -> KVCache:
@@ -333,6 +334,8 @@ class PixelGPT(nn.Module):
         key = (rows, str(device), self.position.dtype, tuple(p.data_ptr() for p in self.parameters()))
         held = _GRAPHS.get(self, {}).get(compiled)
         if graphed and held is not None and held[0] == key:
+            for pair in held[2].pairs:
+                pair.zero_()
             return held[1], held[2]
         _GRAPHS.get(self, {}).pop(compiled, None)  # an earlier graph and cache are freed first
         cache = new_cache()
