@@ -123,6 +123,9 @@ def test_pixel_lm_study_smoke_run(tmp_path):
                                  + [("shapes CNN (judge)", "0"), ("shapes pretrain", "0")])
     assert "Digits probe by seed (each seed draws its own split): seed 0: " in out
     assert "; seed 1: " in out
+    assert re.search(r"Cross-validated accuracy of the chosen probes .*: digits: pretrained "
+                     r"[0-9.]+ ± [0-9.]+, raw pixels [0-9.]+ ± [0-9.]+, random init [0-9.]+ ± "
+                     r"[0-9.]+; shapes: pretrained [0-9.]+, raw pixels [0-9.]+, ", out)
     assert len([line for line in out.splitlines() if line.startswith(("- PASS: ", "- FAIL: "))]) == 4
     rows = [line for line in out.splitlines() if line.startswith(("| digits | ", "| shapes | "))]
     assert len(rows) == 4  # the main table and the table by block, for each data set

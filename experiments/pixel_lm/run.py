@@ -135,7 +135,8 @@ def main() -> int:
         seeds, command = f"{digits} (digits), {shapes} (shapes)", f"{command} --digits-seeds {digits}"
     per_seed = [f"seed {seed}: {r['probe/acc_best']:.4f} (block {r['probe/best_layer']:.0f}), "
                 f"all blocks {r['probe/acc_all_layers']:.4f}, against pixels "
-                f"{r['probe/acc_pixels']:.4f}"
+                f"{r['probe/acc_pixels']:.4f} (cross-validated: {r['probe/cv_acc_best']:.4f} "
+                f"against {r['probe/cv_acc_pixels']:.4f})"
                 for seed, r in zip(digits_seeds, results["digits pretrain"])]
     lines = [
         f"{where} Seeds {seeds}. Command: `python experiments/pixel_lm/run.py "
@@ -146,6 +147,12 @@ def main() -> int:
         f"Beside the issue's checks below: the digits probe of all blocks side by side "
         f"{mean('digits pretrain', 'probe/acc_all_layers'):.4f} against the pixels' "
         f"{pixels:.4f}.", "",
+        "Cross-validated accuracy of the chosen probes (3 folds over the training and validation "
+        "items, the score that chose the block and the strength; no test item read): "
+        + "; ".join(f"{data}: pretrained {col(f'{data} pretrain', 'probe/cv_acc_best')}, raw "
+                    f"pixels {col(f'{data} pretrain', 'probe/cv_acc_pixels')}, random init "
+                    f"{col(f'{data} pretrain', 'probe/cv_acc_random_init')}"
+                    for data in ("digits", "shapes")) + ".", "",
         "Probe test accuracy by block (pretrained):", "",
         "| data | " + " | ".join(k.split("_")[-1] for k in layers) + " |",
         "|---|" + "---|" * len(layers), *by_layer, "",
