@@ -114,6 +114,7 @@ def test_pixel_lm_study_smoke_run(tmp_path):
     result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
                       "--seeds", "0", "--digits-seeds", "0", "1"], cwd=tmp_path, timeout=900)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]  # 1: a check failed, no crash
     out = result.stdout
     assert "Seeds 0 1 (digits), 0 (shapes)" in out and "--seeds 0 --digits-seeds 0 1" in out
     ran = re.findall(r"^(digits pretrain|digits finetune|digits CNN|shapes CNN \(judge\)|"
@@ -131,7 +132,7 @@ def test_pixel_lm_study_smoke_run(tmp_path):
     assert len(rows) == 4  # the main table and the table by block, for each data set
 
 
-def test_pixel_lm_study_smoke_run_writes_nothing(tmp_path):
+def test_pixel_lm_study_smoke_run_refuses_to_write_the_readme(tmp_path):
     result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
                       "--write-readme"], cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "not for the README" in result.stderr

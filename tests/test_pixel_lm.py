@@ -18,7 +18,8 @@ from lmvision.nn.pixel_gpt import KVCache, PixelGPT
 from lmvision.strategies.probe import fit_probes, folds, probe_accuracies
 from lmvision.train import train
 
-PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init"}
+PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init",
+         "probe/cv_acc_best", "probe/cv_acc_pixels", "probe/cv_acc_random_init"}
 
 
 def read(path: Path) -> dict:
@@ -182,16 +183,20 @@ def test_the_cuda_graph_step_samples_what_the_eager_step_samples(monkeypatch):
         assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True, use_cache=False))
         held = _GRAPHS[gpt][False]
         # the graph and cache are reused: fewer known pixels (an earlier call's slots beyond
-        # the position are never read), then none
+        # the position are masked, and zeroed for the call), then none
         for given in (known[:, :4], None):
             again = gpt.generate(prefix, known=given, greedy=True)
             assert torch.equal(again, gpt.generate(prefix, known=given, greedy=True, use_cache=False))
             assert _GRAPHS[gpt][False] is held
-        for pair in held[2].pairs:  # what an overflow would leave: zeroed before the next call
-            pair.fill_(float("nan"))
-        assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True))
-        assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True,
-                                                 compile_step=True))
+        for compiled in (False, True):  # what an overflow would leave: zeroed for the next call
+            with torch.inference_mode():  # the cache holds generate's inference tensors
+                for pair in _GRAPHS[gpt][compiled][2].pairs:
+                    pair.fill_(float("nan"))
+            assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True,
+                                                     compile_step=compiled))
+            if not compiled:  # the compiled step's graph, kept for the poisoned call after it
+                assert torch.equal(graphed, gpt.generate(prefix, known=known, greedy=True,
+                                                         compile_step=True))
     with torch.no_grad():  # new weights in place: the same graph reads them
         gpt.head.weight.mul_(-1)
     assert torch.equal(gpt.generate(prefix, known=known, greedy=True),
@@ -224,14 +229,21 @@ def test_the_probe_picks_the_informative_layer_by_cross_validation():
         return {"trained": trained, "random": torch.randn(2, n, 8, generator=g),
                 "pixels": torch.randn(1, n, 8, generator=g), "labels": labels}
 
-    values = fit_probes({"train": split(150), "val": split(60), "test": split(60)})
+    train, val, test = split(150), split(60), split(60)
+    values = fit_probes({"train": train, "val": val, "test": test})
     assert values["probe/best_layer"] == 2.0
     assert values["probe/acc_best"] == values["probe/acc_layer_2"] >= 0.9
     assert values["probe/acc_layer_1"] < 0.6 and values["probe/acc_random_init"] < 0.6
     assert values["probe/acc_pixels"] < 0.6
-    # the cross-validated accuracies of the chosen probes, read on train and val only
+    # the cross-validated accuracies of the chosen probes: read on train and val alone, so
+    # the same whatever the test split holds
     assert values["probe/cv_acc_best"] >= 0.9
     assert values["probe/cv_acc_random_init"] < 0.6 and values["probe/cv_acc_pixels"] < 0.6
+    scrambled = fit_probes({"train": train, "val": val, "test": {
+        **test, "labels": test["labels"][torch.randperm(60, generator=g)]}})
+    for key in ("probe/cv_acc_best", "probe/cv_acc_pixels", "probe/cv_acc_random_init"):
+        assert scrambled[key] == values[key]
+    assert scrambled["probe/acc_best"] < 0.6
     # the regularisation is swept and chosen by cross-validation: a useless strength alone
     # scores chance, beside a good one the sweep finds the good one
     parts = {s: split(n) for s, n in (("train", 150), ("val", 60), ("test", 60))}

@@ -50,7 +50,8 @@ def test_every_experiment_runs_with_fast_dev_run(make_cfg, tmp_path, experiment)
     if experiment.startswith("pixel_lm"):  # pretraining: bits per dim and the probes
         expected = {"test/loss", "test/bits_per_dim", "probe/acc_best", "probe/acc_pixels",
                     "probe/acc_random_init", "probe/acc_all_layers",
-                    "probe/acc_random_init_all_layers"}
+                    "probe/acc_random_init_all_layers", "probe/cv_acc_best",
+                    "probe/cv_acc_pixels", "probe/cv_acc_random_init"}
     if experiment == "tagging_shapes":
         expected.add("test/exact_match")
     if experiment.startswith("fusion"):

@@ -3,6 +3,7 @@ it draw what it is asked to? Writes README.md's results and copies the sample gr
 
     .venv/bin/python experiments/pixel_lm/run.py --write-readme      # ~35 min on 2 CPU cores
     .venv/bin/python experiments/pixel_lm/run.py --digits-seeds 0 1 2 --write-readme   # ~60 min
+    .venv/bin/python experiments/pixel_lm/run.py --smoke   # the script alone: tiny runs, no files
 
 Runs (`python -m lmvision.train`, CSV logger), for each seed:
 
@@ -27,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from lmvision.files import write_json
+from lmvision.strategies.probe import FOLDS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -97,9 +99,9 @@ def main() -> int:
             if seed == args.seeds[0]:
                 keep_grids(lm, "shapes")
 
-    def col(name, key, digits=4):
+    def col(name, key, places=4):
         values = [r[key] for r in results[name] if key in r]
-        return mean_std(values, digits=digits) if values else "—"
+        return mean_std(values, digits=places) if values else "—"
 
     def mean(name, key):
         values = [r[key] for r in results[name]]
@@ -147,8 +149,8 @@ def main() -> int:
         f"Beside the issue's checks below: the digits probe of all blocks side by side "
         f"{mean('digits pretrain', 'probe/acc_all_layers'):.4f} against the pixels' "
         f"{pixels:.4f}.", "",
-        "Cross-validated accuracy of the chosen probes (3 folds over the training and validation "
-        "items, the score that chose the block and the strength; no test item read): "
+        f"Cross-validated accuracy of the chosen probes ({FOLDS} folds over the training and "
+        "validation items, the score that chose the block and the strength; no test item read): "
         + "; ".join(f"{data}: pretrained {col(f'{data} pretrain', 'probe/cv_acc_best')}, raw "
                     f"pixels {col(f'{data} pretrain', 'probe/cv_acc_pixels')}, random init "
                     f"{col(f'{data} pretrain', 'probe/cv_acc_random_init')}"

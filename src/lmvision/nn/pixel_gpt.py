@@ -323,8 +323,9 @@ class PixelGPT(nn.Module):
         (capturing costs milliseconds: two warm-up steps, the capture, the graph's
         instantiation). Its cache is zeroed for each call: slots after the position are masked,
         but an infinite or NaN key or value that an earlier call left there would still reach
-        the output (through the additive mask, and as a zero weight times it). Elsewhere, in training mode, or when capture
-        fails: :meth:`forward` on the one token with a new cache. ``compiled``: the step goes
+        the output (through the additive mask, and as a zero weight times it). Elsewhere, in
+        training mode, or when capture fails: :meth:`forward` on the one token with a new
+        cache. ``compiled``: the step goes
         through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
         def new_cache() -> KVCache:
             return KVCache(self.depth, rows, self.heads, self.max_length, self.dim // self.heads,
