@@ -1,7 +1,7 @@
 """Probe speed: lmvision's linear probes (``lmvision.strategies.probe.fit_probes``) against the
 same probes written as a plain scikit-learn loop, in one process that has just run PyTorch.
 
-    .venv/bin/python experiments/probe_speed/run.py --write-readme   # ~3 min on 2 CPU cores
+    .venv/bin/python experiments/probe_speed/run.py --write-readme   # ~13 min on 2 CPU cores
     .venv/bin/python experiments/probe_speed/run.py --quick          # a smoke run
 
 The features are those ``strategy=pixel_lm`` probes at the end of a digits run
