@@ -61,8 +61,7 @@ def main() -> int:
     digits_seeds = args.digits_seeds or args.seeds
     smoke, smoke_lm = (SMOKE, SMOKE_LM) if args.smoke else ([], [])
     finetune_epochs = 1 if args.smoke else FINETUNE_EPOCHS
-    images = ["data.num_images=300"] if args.smoke else []  # the shapes runs'
-    shapes_data = [o for o in SHAPES if not (images and o.startswith("data.num_images="))] + images
+    images = ["data.num_images=300"] if args.smoke else []  # the shapes runs' (the last wins)
 
     results: dict[str, list[dict]] = {}
     sampling = ""  # the shapes run's own sampling settings (its config)
@@ -91,7 +90,7 @@ def main() -> int:
             if seed == digits_seeds[0]:
                 keep_grids(pre, "digits")
         for seed in args.seeds:
-            judge = run("shapes CNN (judge)", seed, [*shapes_data, "strategy=image_classifier"])
+            judge = run("shapes CNN (judge)", seed, [*SHAPES, *images, "strategy=image_classifier"])
             lm = run("shapes pretrain", seed, [
                 "experiment=pixel_lm_shapes", *images, *smoke_lm,
                 f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])

@@ -325,8 +325,8 @@ class PixelGPT(nn.Module):
         but an infinite or NaN key or value that an earlier call left there would still reach
         the output (through the additive mask, and as a zero weight times it). Elsewhere, in
         training mode, or when capture fails: :meth:`forward` on the one token with a new
-        cache. ``compiled``: the step goes
-        through ``torch.compile`` (graphed on a GPU, called as it is elsewhere)."""
+        cache. ``compiled``: the step goes through ``torch.compile`` (graphed on a GPU, called
+        as it is elsewhere)."""
         def new_cache() -> KVCache:
             return KVCache(self.depth, rows, self.heads, self.max_length, self.dim // self.heads,
                            device, self.position.dtype)
