@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmvision.files import atomic_write
-from lmvision.runs import git_info, package_versions
+from lmvision.run.record import git_info, package_versions
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics")  # named in environment_line()

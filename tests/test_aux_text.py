@@ -141,7 +141,7 @@ def test_the_caption_contrastive_loss(make_cfg):
 def test_the_contrastive_term_is_clip_infonce_on_the_captions(make_cfg, freeze):
     """The term matches CLIP's symmetric InfoNCE between the batch's images and captions, read
     from the cache (frozen encoder) or encoded from the batch's tokens (tuned encoder)."""
-    from lmvision.build import data_and_model
+    from lmvision.config.build import data_and_model
 
     cfg = make_cfg("strategy=aux_text", "data.num_images=120", "strategy.contrastive_weight=1.0",
                    f"text_encoder.freeze={freeze}", "data.datamodule.tokenize_keys=[]")
@@ -155,7 +155,7 @@ def test_the_contrastive_term_is_clip_infonce_on_the_captions(make_cfg, freeze):
     model.trainer.datamodule = datamodule
     model.setup("fit")
     if freeze == "all":  # what on_fit_start does for a frozen encoder: encode captions once
-        from lmvision.text.feature_cache import TextFeatureCache
+        from lmvision.nn.feature_cache import TextFeatureCache
 
         model._captions = TextFeatureCache(model.net.text_encoder, model.tokenizer,
                                            datamodule.texts("caption"), with_tokens=False)

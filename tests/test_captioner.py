@@ -12,10 +12,10 @@ from torch import nn
 from lmvision.data.collate import BatchCollator
 from lmvision.data.shapes import ShapesDataset
 from lmvision.errors import UserError
-from lmvision.faithfulness import SALIENCY_METHODS, Faithfulness, mask_out, pointing_hits, saliency
+from lmvision.evaluation.faithfulness import SALIENCY_METHODS, Faithfulness, mask_out, pointing_hits, saliency
 from lmvision.nn.captioner import Captioner
 from lmvision.nn.image_encoders import SmallCNN
-from lmvision.text.caption_metrics import caption_scores, mentions
+from lmvision.evaluation.caption_metrics import caption_scores, mentions
 from lmvision.text.tokenizers import (
     CausalFormat,
     WordPieceTokenizer,

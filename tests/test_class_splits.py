@@ -11,7 +11,7 @@ from lmvision.data.datamodule import DataConfigError, ImageDataModule
 from lmvision.data.digits import DigitsDataset
 from lmvision.data.shapes import ShapesDataset, render_shapes
 from lmvision.errors import UserError
-from lmvision.strategies.metrics import HoldoutAccuracy
+from lmvision.evaluation.metrics import HoldoutAccuracy
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_holdout_accuracy_known_values():
 def test_training_never_scores_held_out_classes(make_cfg):
     """The loss (with label smoothing too) is over the seen classes only: the head rows of the
     held-out classes get no gradient, and the loss stays finite."""
-    from lmvision.build import data_and_model
+    from lmvision.config.build import data_and_model
 
     cfg = make_cfg("data.target=color_shape", "data.num_images=600", "data.holdout_classes=0.25",
                    "strategy.label_smoothing=0.1")

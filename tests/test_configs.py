@@ -39,7 +39,7 @@ def files_for(group: str, option: str, where) -> list[str]:
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_option_composes_and_resolves(make_cfg, tmp_path, group, option):
     cfg = make_cfg(f"{group}={option}", *files_for(group, option, tmp_path))
-    from lmvision.build import config_container
+    from lmvision.config.build import config_container
 
     resolved = config_container(cfg, resolve=True)
     assert resolved["paths"]["output_dir"]
@@ -75,7 +75,7 @@ def test_backbone_instantiates_for_each_dataset(make_cfg, option, data):
 def test_strategy_and_head_instantiate(make_cfg, strategy, head):
     import torch
 
-    from lmvision.build import data_and_model
+    from lmvision.config.build import data_and_model
 
     cfg = make_cfg(f"strategy={strategy}", f"head={head}", "data.num_images=100")
     datamodule, model = data_and_model(cfg)

@@ -77,7 +77,7 @@ def test_test_examples_table_is_written(make_cfg, tmp_path):
 def test_fusion_without_text_encoder_is_a_clear_error(make_cfg):
     from omegaconf import open_dict
 
-    from lmvision.build import UserError, data_and_model
+    from lmvision.config.build import UserError, data_and_model
 
     cfg = make_cfg(*BASE)
     with open_dict(cfg):
@@ -87,7 +87,7 @@ def test_fusion_without_text_encoder_is_a_clear_error(make_cfg):
 
 
 def test_bad_mode_is_named(make_cfg):
-    from lmvision.build import data_and_model
+    from lmvision.config.build import data_and_model
 
     with pytest.raises(Exception, match="strategy.net.mode must be one of fused, image_only, text_only"):
         data_and_model(make_cfg(*BASE, "strategy.net.mode=both"))

@@ -1,4 +1,4 @@
-"""Optimisers and schedules (lmvision.optim) and the config checks of lmvision.validate."""
+"""Optimisers and schedules (lmvision.strategies.optim) and the config checks of lmvision.config.validate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lmvision.errors import UserError
-from lmvision.optim import SGD, AdamW, Constant, WarmupCosine, param_groups
+from lmvision.strategies.optim import SGD, AdamW, Constant, WarmupCosine, param_groups
 
 
 class Net(nn.Module):
@@ -78,7 +78,7 @@ def test_warmup_cosine_shape():
 def test_validation_of_values_against_signatures():
     from typing import Literal
 
-    from lmvision.validate import describe, fits
+    from lmvision.config.validate import describe, fits
 
     assert fits(3, int) and not fits(1.5, int) and not fits(True, int) and fits(3, float)
     assert fits(None, int | None) and not fits("abc", int | None) and fits([1, 2], list[int])
@@ -87,7 +87,7 @@ def test_validation_of_values_against_signatures():
 
 
 def test_check_config_names_the_option_the_user_wrote(make_cfg):
-    from lmvision.validate import check_config
+    from lmvision.config.validate import check_config
 
     with pytest.raises(UserError, match=r"^data.batch_size=1.5: expected a whole number$"):
         check_config(make_cfg("data.batch_size=1.5"))

@@ -15,7 +15,7 @@ import torch
 from lmvision.errors import UserError
 from lmvision.nn.palette import PaletteQuantizer
 from lmvision.nn.pixel_gpt import KVCache, PixelGPT
-from lmvision.strategies.probe import fit_probes, folds, probe_accuracies
+from lmvision.evaluation.probes import fit_probes, folds, probe_accuracies
 from lmvision.train import train
 
 PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init",
@@ -320,7 +320,7 @@ def test_probe_folds_are_stratified_over_train_and_val_or_the_given_split():
 
 
 def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
-    from lmvision.build import data_and_model
+    from lmvision.config.build import data_and_model
 
     cfg = make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8")
     datamodule, model = data_and_model(cfg)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lmvision.nn.text_encoders import pretrained, scratch_bert
-from lmvision.text.feature_cache import TextFeatureCache
+from lmvision.nn.feature_cache import TextFeatureCache
 from lmvision.text.hub import minilm_path
 from lmvision.text.tokenizers import PretrainedTokenizer, WordPieceTokenizer
 

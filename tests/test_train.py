@@ -14,7 +14,7 @@ from conftest import CONF, assert_same_final_weights, run_cli
 
 from lmvision.errors import UserError
 from lmvision.evaluate import evaluate
-from lmvision.runs import collect_runs
+from lmvision.run.record import collect_runs
 from lmvision.train import train, train_and_score
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -200,7 +200,7 @@ def test_init_from_loads_network_weights_only(make_cfg, tmp_path):
 
 
 def test_init_from_copies_the_weights(tmp_path):
-    from lmvision.checkpoints import load_weights
+    from lmvision.run.checkpoints import load_weights
     from lmvision.nn.classifiers import ImageClassifier
     from lmvision.nn.heads import LinearHead
     from lmvision.nn.image_encoders import SmallCNN

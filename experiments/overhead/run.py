@@ -38,7 +38,7 @@ from lmvision.files import write_json
 from lmvision.nn.classifiers import ImageClassifier
 from lmvision.nn.heads import LinearHead
 from lmvision.nn.image_encoders import SmallCNN
-from lmvision.optim import AdamW
+from lmvision.strategies.optim import AdamW
 from lmvision.strategies.classification import ClassificationStrategy
 
 HERE = Path(__file__).resolve().parent

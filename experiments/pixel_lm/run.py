@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from lmvision.files import write_json
-from lmvision.strategies.probe import FOLDS
+from lmvision.evaluation.probes import FOLDS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))

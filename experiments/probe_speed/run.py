@@ -1,4 +1,4 @@
-"""Probe speed: lmvision's linear probes (``lmvision.strategies.probe.fit_probes``) against the
+"""Probe speed: lmvision's linear probes (``lmvision.evaluation.probes.fit_probes``) against the
 same probes written as a plain scikit-learn loop, in one process that has just run PyTorch.
 
     .venv/bin/python experiments/probe_speed/run.py --write-readme   # ~13 min on 2 CPU cores

@@ -90,7 +90,7 @@ def find_runs(patterns: list[str], ignore: tuple[str, ...] = IGNORED) -> tuple[l
             raise UserError(f"{pattern}: no such directory (give run or sweep directories, or "
                             "globs that match some)")
         roots += found
-    from lmvision.runs import read_records
+    from lmvision.run.record import read_records
 
     runs, unfinished, seen = [], 0, set()
     for root in roots:
@@ -434,7 +434,7 @@ def compare(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lmvision.cli import exit_with_error
+    from lmvision.run.cli import exit_with_error
 
     try:
         compare(argv)

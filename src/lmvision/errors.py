@@ -43,7 +43,7 @@ def message_of(user: UserError) -> str:
 
 class Preempted(BaseException):
     """Ends a training run that was warned of its time limit or preemption, after it saved a
-    checkpoint (see :mod:`lmvision.preemption`). A ``BaseException``, like ``SystemExit``: no
+    checkpoint (see :mod:`lmvision.run.preemption`). A ``BaseException``, like ``SystemExit``: no
     ``except Exception`` on the way may take it for a failure of the run.
 
     Args:

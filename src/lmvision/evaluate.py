@@ -18,8 +18,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lmvision.cli import main as run_cli
-from lmvision.cli import run_task
+from lmvision.run.cli import main as run_cli
+from lmvision.run.cli import run_task
 from lmvision.config import config_dir
 
 # Sections of the training config that define what was trained (and so what to rebuild).
@@ -34,17 +34,20 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``lmvision-eval``: user mistakes are one line and exit status 2 (see lmvision.cli)."""
+    """``lmvision-eval``: user mistakes are one line and exit status 2 (see lmvision.run.cli)."""
     run_cli(hydra_main, "eval")
 
 
 def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, float]:
     """Test ``cfg.ckpt_path`` and write metrics.json and run.json in the run directory."""
-    from lmvision import build, checkpoints, runs
-    from lmvision.validate import check_config
+    from lmvision.config import build
+    from lmvision.run import checkpoints
+    from lmvision.ranks import is_rank_zero
+    from lmvision.run import record as runs
+    from lmvision.config.validate import check_config
 
     out = build.run_dir(cfg)
-    if runs.is_rank_zero():
+    if is_rank_zero():
         runs.claim_run_dir(out, "eval", None)
     overrides = overrides if overrides is not None else _command_line_overrides()
     record = runs.RunRecord(out, cfg.get("seed"), "eval", build.group_choices())

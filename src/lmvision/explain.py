@@ -11,7 +11,7 @@ caption from a captioner, and saliency maps (Captum) of the decision.
 from the configs stored in their checkpoints. Writes to the run directory
 ``explanations.jsonl`` (one line per image), ``explanations.png`` (a panel sheet: image,
 saliency overlay, prediction, caption), ``metrics.json`` (the faithfulness metrics of
-:mod:`lmvision.faithfulness`, on the test split) and ``run.json``; with ``logger=wandb`` also a
+:mod:`lmvision.evaluation.faithfulness`, on the test split) and ``run.json``; with ``logger=wandb`` also a
 W&B table.
 """
 
@@ -24,8 +24,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmvision.cli import main as run_cli
-from lmvision.cli import run_task
+from lmvision.run.cli import main as run_cli
+from lmvision.run.cli import run_task
 from lmvision.config import config_dir
 from lmvision.errors import UserError
 
@@ -38,14 +38,15 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """``lmvision-explain``: user mistakes are one line and exit status 2 (see lmvision.cli)."""
+    """``lmvision-explain``: user mistakes are one line and exit status 2 (see lmvision.run.cli)."""
     run_cli(hydra_main, "explain")
 
 
 def load_strategy(path: str, option: str, base: DictConfig):
     """The strategy of a checkpoint, rebuilt from its stored config, with its weights, in eval
     mode; and the datamodule it was trained with."""
-    from lmvision import build, checkpoints
+    from lmvision.config import build
+    from lmvision.run import checkpoints
     from lmvision.evaluate import with_training_config
 
     checkpoint = checkpoints.read(path, option)
@@ -137,8 +138,9 @@ def test_batches(datamodule, limit: int | None):
 
 
 def explain(cfg: DictConfig) -> dict[str, float]:
-    from lmvision import build, runs
-    from lmvision.faithfulness import SALIENCY_METHODS, Faithfulness, black, mask_out, saliency
+    from lmvision.config import build
+    from lmvision.run import record as runs
+    from lmvision.evaluation.faithfulness import SALIENCY_METHODS, Faithfulness, black, mask_out, saliency
     from lmvision.files import write_json
     from lmvision.strategies.captioner import CaptionerStrategy, train_text_classifier
 
@@ -270,7 +272,7 @@ def log_wandb_table(cfg: DictConfig, rows: list[dict], panels: list) -> None:
         return
     import wandb
 
-    from lmvision.loggers import resolve_wandb_mode
+    from lmvision.run.loggers import resolve_wandb_mode
 
     run = wandb.init(project=node.get("project") or "lmvision", dir=str(cfg.paths.output_dir),
                      mode=resolve_wandb_mode(node.get("mode") or "auto"), job_type="explain",

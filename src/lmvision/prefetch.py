@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from lmvision.cli import exit_with_error, user_message
+from lmvision.run.cli import exit_with_error, user_message
 
 
 @dataclass

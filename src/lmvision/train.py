@@ -15,8 +15,8 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from lmvision.cli import main as run_cli
-from lmvision.cli import run_task
+from lmvision.run.cli import main as run_cli
+from lmvision.run.cli import run_task
 from lmvision.config import config_dir
 from lmvision.errors import Preempted
 
@@ -30,7 +30,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    """``lmvision-train``: user mistakes are one line and exit status 2 (see lmvision.cli)."""
+    """``lmvision-train``: user mistakes are one line and exit status 2 (see lmvision.run.cli)."""
     run_cli(hydra_main, "train")
 
 
@@ -45,18 +45,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Run one training job described by ``cfg``; returns its flat metrics."""
     import pytorch_lightning as pl
 
-    from lmvision import build, checkpoints, runs
-    from lmvision.callbacks import RunState, StopAfterEpochs
-    from lmvision.preemption import Requeue
-    from lmvision.validate import check_config
+    from lmvision.config import build
+    from lmvision.ranks import is_rank_zero
+    from lmvision.run import checkpoints
+    from lmvision.run import record as runs
+    from lmvision.run.callbacks import RunState, StopAfterEpochs
+    from lmvision.run.preemption import Requeue
+    from lmvision.config.validate import check_config
 
     out = build.run_dir(cfg)
     ckpt_path = cfg.get("ckpt_path")
     fitting = cfg.get("train", True)
     same_job = False
-    if fitting and not ckpt_path:  # a requeued SLURM job continues its run (lmvision.preemption)
+    if fitting and not ckpt_path:  # a requeued SLURM job continues its run (lmvision.run.preemption)
         same_job, ckpt_path = runs.requeued_checkpoint(out)
-    resuming = runs.is_rank_zero() and runs.claim_run_dir(out, "train" if fitting else "eval",
+    resuming = is_rank_zero() and runs.claim_run_dir(out, "train" if fitting else "eval",
                                                           ckpt_path, same_job)
     choices = build.group_choices()
     record = runs.RunRecord(out, cfg.get("seed"), "train", choices,
@@ -106,7 +109,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def fit_and_test(cfg: DictConfig, trainer, model, datamodule, record, callbacks: list,
                  fitting: bool, ckpt_path: str | None) -> dict[str, float]:
-    from lmvision import build, runs
+    from lmvision.config import build
+    from lmvision.run import record as runs
 
     with runs.recorded(record, trainer, datamodule, build.config_container(cfg, resolve=True)):
         fit_metrics, fit_seconds, saved = {}, 0.0, {"best": None, "last": None}

@@ -20,7 +20,7 @@ from torch import nn
 
 from lmvision.errors import UserError
 from lmvision.nn.text_encoders import pool
-from lmvision.text.feature_cache import TextFeatureCache
+from lmvision.nn.feature_cache import TextFeatureCache
 
 MODES = ("fused", "image_only", "text_only")
 

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from lmvision.errors import UserError
 from lmvision.nn.prototypes import PrototypeClassifier
 from lmvision.strategies.classification import ClassificationStrategy
-from lmvision.strategies.figures import log_examples
+from lmvision.evaluation.figures import log_examples
 from lmvision.text.descriptions import Descriptions
-from lmvision.text.feature_cache import TextFeatureCache
+from lmvision.nn.feature_cache import TextFeatureCache
 
 EXAMPLES = 32  # explained test examples
 

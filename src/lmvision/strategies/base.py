@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from lmvision.errors import UserError
-from lmvision.optim import AdamW
-from lmvision.strategies.figures import log_figure
+from lmvision.strategies.optim import AdamW
+from lmvision.evaluation.figures import log_figure
 
 MODES = ("max", "min")
 
@@ -35,7 +35,7 @@ class Strategy(pl.LightningModule):
 
     Args:
         net: The network, already built (a plain ``nn.Module`` from ``lmvision.nn``).
-        optimizer: Builds the optimiser: ``optimizer.build(net)`` (see ``lmvision.optim``).
+        optimizer: Builds the optimiser: ``optimizer.build(net)`` (see ``lmvision.strategies.optim``).
         scheduler: Builds the schedule: ``scheduler.build(optimizer, total_steps)``; or ``None``.
         monitor: The validation metric that selects the best checkpoint, e.g. ``val/loss``.
         monitor_mode: ``max`` or ``min``: which direction of ``monitor`` is better.

@@ -2,7 +2,7 @@
 the COCO caption metrics against every reference caption, optionally with a classification head
 on the shared image encoder (``classifier_weight > 0``), so that one model decides and
 explains. With the head, testing also measures how faithful the captions are to the decision
-(``explain/*``, see :mod:`lmvision.faithfulness`).
+(``explain/*``, see :mod:`lmvision.evaluation.faithfulness`).
 
 Loss: token cross-entropy of the caption (labels masked on padding) plus
 ``classifier_weight`` × the classification cross-entropy. Validation and test decode every
@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from lmvision.errors import UserError
-from lmvision.faithfulness import (SALIENCY_METHODS, Faithfulness, TextClassifier, black,
+from lmvision.evaluation.faithfulness import (SALIENCY_METHODS, Faithfulness, TextClassifier, black,
                                    mask_out, saliency)
 from lmvision.nn.captioner import DECODINGS, Captioner
 from lmvision.strategies.base import Strategy
-from lmvision.strategies.metrics import SplitMetrics
-from lmvision.text.caption_metrics import caption_scores
+from lmvision.evaluation.metrics import SplitMetrics
+from lmvision.evaluation.caption_metrics import caption_scores
 from lmvision.text.tokenizers import CausalFormat
 
 SHOWN = 8  # captions written to the log per validation epoch

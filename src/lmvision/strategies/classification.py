@@ -14,8 +14,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from lmvision.strategies.base import Strategy
-from lmvision.strategies.figures import confusion_matrix_figure, prediction_grid_figure
-from lmvision.strategies.metrics import HoldoutAccuracy, SplitMetrics
+from lmvision.evaluation.figures import confusion_matrix_figure, prediction_grid_figure
+from lmvision.evaluation.metrics import HoldoutAccuracy, SplitMetrics
 
 GRID_SIZE = 32  # test images shown in the prediction grid
 

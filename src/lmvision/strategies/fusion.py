@@ -15,7 +15,7 @@ from torchmetrics.classification import Accuracy
 from lmvision.errors import UserError
 from lmvision.nn.classifiers import FusionClassifier
 from lmvision.strategies.classification import ClassificationStrategy
-from lmvision.strategies.figures import log_examples
+from lmvision.evaluation.figures import log_examples
 
 EXAMPLES = 32  # test examples in the W&B table
 

@@ -14,7 +14,7 @@ caption tokens.
   (``probe/acc_pixels``) and on the same architecture with random weights
   (``probe/acc_random_init``, ``probe/acc_random_init_all_layers``), with the cross-validated
   accuracies of the chosen probes (``probe/cv_acc_*``: they compare settings without reading
-  the test split); ``lmvision.strategies.probe`` has the protocol.
+  the test split); ``lmvision.evaluation.probes`` has the protocol.
 * ``stage=finetune``: a linear head on the mean-pooled last block, cross-entropy plus the
   generative loss times ``generative_weight`` (as iGPT), usually from a pretrained run's weights
   (``init_from=``); reports the classifier metrics and selects by validation accuracy (the
@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from lmvision.errors import UserError
 from lmvision.nn.pixel_lm import PixelLM
 from lmvision.strategies.base import Strategy
-from lmvision.strategies.figures import image_grid_figure
-from lmvision.strategies.metrics import SplitMetrics
+from lmvision.evaluation.figures import image_grid_figure
+from lmvision.evaluation.metrics import SplitMetrics
 
 STAGES = ("pretrain", "finetune")
 RANDOM_INIT_SEED = 1234  # weights of the random-init probe control
@@ -275,7 +275,7 @@ class PixelLMStrategy(Strategy):
     @torch.no_grad()
     def linear_probe(self) -> dict[str, float]:
         """Per-block logistic-regression probes, the raw-pixel probe and the random-init probe."""
-        from lmvision.strategies.probe import fit_probes
+        from lmvision.evaluation.probes import fit_probes
 
         datamodule = self.trainer.datamodule
         datamodule.setup("test")
@@ -346,7 +346,7 @@ def load_judge(path: str, datamodule, num_classes: int):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from lmvision.checkpoints import read
+    from lmvision.run.checkpoints import read
 
     checkpoint = read(path, "strategy.gen_classifier")
     config = OmegaConf.create(checkpoint.get("lmvision_config") or {})

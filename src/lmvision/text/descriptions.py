@@ -348,7 +348,7 @@ class LanguageModelDescriptions:
     def __call__(self, classes: Sequence[str]) -> Descriptions:
         from lmvision.files import read_json, write_json
 
-        from lmvision.runs import is_rank_zero
+        from lmvision.ranks import is_rank_zero
 
         file = self.cache_file(classes)
         if not file.is_file() and not is_rank_zero():

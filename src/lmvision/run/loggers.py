@@ -14,7 +14,7 @@ from pytorch_lightning import loggers as pl_loggers
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 from lmvision.errors import UserError
-from lmvision.runs import is_rank_zero
+from lmvision.ranks import is_rank_zero
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 

@@ -21,10 +21,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from lmvision.cli import exit_with_error
+from lmvision.run.cli import exit_with_error
 from lmvision.errors import UserError
 from lmvision.files import read_json
-from lmvision.runs import claim_run_dir, is_rank_zero, run_of
+from lmvision.ranks import is_rank_zero
+from lmvision.run.record import claim_run_dir, run_of
 
 
 class RunDirGuard(Callback):

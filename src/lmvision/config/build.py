@@ -92,7 +92,7 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
 
     if SLURMEnvironment.detect() and "plugins" not in cfg.trainer and "plugins" not in kwargs:
         # the environment Lightning would choose, without its requeue on SIGUSR1: a job warned
-        # by SLURM is saved and requeued by lmvision and submitit (lmvision.preemption)
+        # by SLURM is saved and requeued by lmvision and submitit (lmvision.run.preemption)
         kwargs["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     try:
         return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)

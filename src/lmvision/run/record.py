@@ -27,20 +27,10 @@ from typing import Any, Iterator
 
 from lmvision.errors import Preempted, UserError, message_of
 from lmvision.files import read_json, write_json
+from lmvision.ranks import is_rank_zero
 
 PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
             "hydra-core", "omegaconf", "wandb", "numpy", "scikit-learn", "timm")
-# What launchers (Lightning, torchrun, SLURM, jsrun) set to tell a process where it runs.
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID",
-                  "JSM_NAMESPACE_RANK")
-
-
-def is_rank_zero() -> bool:
-    """Whether this is the process of global rank 0 (or the only one), from the variables
-    launchers set, so it is known before torch.distributed starts (and without torch)."""
-    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
-
-
 def run_of(ckpt_path: str | None) -> Path | None:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt``, with ``<run>/run.json``)."""
     if not ckpt_path:
@@ -245,7 +235,7 @@ def recorded(record: RunRecord, trainer, datamodule, config: dict):
     """Around a fit/test: log the config to every logger and note data and device in run.json;
     on any error mark run.json failed (and re-raise), on a warning signal ``requeued``; always
     close the W&B run."""
-    from lmvision.loggers import finish_wandb
+    from lmvision.run.loggers import finish_wandb
 
     try:
         for logger in trainer.loggers:

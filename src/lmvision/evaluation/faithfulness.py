@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lmvision.errors import UserError
-from lmvision.text.caption_metrics import mentions, normalise
+from lmvision.evaluation.caption_metrics import mentions, normalise
 
 SALIENCY_METHODS = ("integrated_gradients", "gradcam", "occlusion", "lime")
 

@@ -1,26 +1,15 @@
-"""Config plumbing shared by the entry points: where `conf/` lives and our OmegaConf resolvers.
+"""lmvision's OmegaConf resolvers (``${lmv.<name>:...}``), registered on import.
 
 Only omegaconf is imported here, so composing a config stays fast.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import OmegaConf
 
 from lmvision.data import catalog, spec
 from lmvision.errors import UserError
 from lmvision.text.hub import minilm_path
-
-
-def config_dir() -> str:
-    """The directory holding `train.yaml`: the checkout's `conf/`, or the copy inside a wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "conf", here / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"lmvision configs not found next to {here} (looked for conf/train.yaml)")
 
 
 def register_resolvers() -> None:

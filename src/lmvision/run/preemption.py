@@ -5,7 +5,7 @@ SLURM warns a job with a signal some time before its time limit, or before it pr
 hydra-submitit-launcher, submitit handles that signal (``SIGUSR2``): it calls the launcher's
 ``checkpoint()``, which resubmits the same job, and requeues the job with ``scontrol requeue``.
 lmvision uses that one mechanism and no other (Lightning's own SLURM requeue, on ``SIGUSR1``,
-is switched off: see :func:`lmvision.build.trainer`). What lmvision adds:
+is switched off: see :func:`lmvision.config.build.trainer`). What lmvision adds:
 
 1. :class:`Requeue`, added to every training run, replaces the signal's handler while the run
    fits with one that only notes the signal (a handler that saved there and then could catch
@@ -17,7 +17,7 @@ is switched off: see :func:`lmvision.build.trainer`). What lmvision adds:
    the handler it replaced: submitit requeues the job, which starts again under the same SLURM
    job id, in the same job directory;
 4. there the job sees from run.json that it is the same SLURM job
-   (:func:`lmvision.runs.requeued_checkpoint`)
+   (:func:`lmvision.run.record.requeued_checkpoint`)
    and resumes from ``last.ckpt``: the same run record (``restarts`` counted), W&B run id and
    CSV log, and at the end the weights of a run that was never stopped (the datamodule saves
    its place in the epoch and augments each item with its own seed: see

@@ -1,0 +1,1 @@
+"""Evaluation beyond a strategy's loss: metrics, figures, probes, faithfulness, saliency, sample grids."""

@@ -1,0 +1,1 @@
+"""A run's life: session, record, checkpoints, preemption, loggers, callbacks, how it ends."""
