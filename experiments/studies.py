@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from lmvision.files import atomic_write
-from lmvision.run.record import git_info, package_versions
+from lmvision.run.provenance import git_info, package_versions
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 PACKAGES = ("torch", "pytorch-lightning", "torchmetrics")  # named in environment_line()
@@ -41,13 +41,12 @@ def evaluate(overrides: list[str], run_dir: Path, env: dict[str, str] | None = N
 
 def sampling_settings(run_dir: Path) -> str:
     """The temperature and classifier-free guidance weight a ``pixel_lm`` run sampled with, as
-    "temperature 1, guidance 2", from its ``.hydra/config.yaml`` (a run from before
-    ``strategy.guidance`` sampled without)."""
+    "temperature 1, guidance 2", from its ``.hydra/config.yaml`` (``evaluation.sampling``)."""
     from omegaconf import OmegaConf
 
-    strategy = OmegaConf.load(run_dir / ".hydra" / "config.yaml").strategy
-    return (f"temperature {float(strategy.temperature):g}, "
-            f"guidance {float(strategy.get('guidance', 1.0)):g}")
+    sampling = OmegaConf.load(run_dir / ".hydra" / "config.yaml").evaluation.sampling
+    return (f"temperature {float(sampling.temperature):g}, "
+            f"guidance {float(sampling.guidance):g}")
 
 
 def read_run(run_dir: Path, stdout: str = "") -> dict:

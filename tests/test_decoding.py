@@ -1,16 +1,33 @@
-"""Decoding of a causal LM after input embeddings (`lmvision.nn.decoding`): greedy, beam
-search and nucleus sampling, with and without the KV cache."""
+"""The captioner speed study's hand-written decoding loop (experiments/captioner/decoding.py:
+greedy, beam search and nucleus sampling, with and without the KV cache), and that the
+product's decoding (Hugging Face ``generate``, :func:`lmvision.nn.captioner.generate_after`,
+what ``Captioner.generate`` runs) gives the same captions as that loop with and without the
+cache."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from lmvision.nn.decoding import CausalStep, beam_search, decode
+from lmvision.nn.captioner import generate_after
+
+
+def _load_study_decoding():
+    path = Path(__file__).resolve().parents[1] / "experiments" / "captioner" / "decoding.py"
+    spec = importlib.util.spec_from_file_location("captioner_study_decoding", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_study = _load_study_decoding()
+CausalStep, beam_search, decode = _study.CausalStep, _study.beam_search, _study.decode
 
 PAD, BOS, EOS, A, B = range(5)
 
@@ -118,31 +135,87 @@ def test_nucleus_sampling_is_seeded_and_stays_in_the_nucleus():
     assert set(sample(3, 0.5).unique().tolist()) == {A}  # A alone (0.6) reaches 0.5
 
 
-def test_the_same_captions_as_hugging_face_generate_greedy_and_beam():
-    """Hugging Face's ``generate`` (with its cache) as the reference: the same tokens up to
-    the end token, over models where captions end at different lengths."""
+def tiny_gpt2(seed: int):
+    """A small GPT-2 built from a config (as ``build_decoder`` does), whose large initial
+    weights make captions end at different lengths; BOS 1, EOS 2, padding 0."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    def upto_end(ids: torch.Tensor) -> list[list[int]]:
-        return [row[:row.index(2) + 1] if 2 in row else row for row in ids.tolist()]
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=6, n_positions=32, n_embd=32, n_layer=2,
+                                      n_head=2, initializer_range=0.5, bos_token_id=1,
+                                      eos_token_id=2, pad_token_id=0)).eval()
 
+
+def after_bos(model, prefix: torch.Tensor) -> torch.Tensor:
+    """The prefix followed by BOS's embedding: what the hand loop continues."""
+    bos = model.get_input_embeddings()(torch.ones(prefix.shape[0], 1, dtype=torch.long))
+    return torch.cat([prefix, bos], 1)
+
+
+def test_the_same_captions_as_hugging_face_generate_greedy_and_beam():
+    """The product's decoding (``generate_after``: Hugging Face's ``generate``, with its cache)
+    gives exactly the hand loop's output, with and without the cache: the same tokens, the end
+    token, padding after it (the pad id is 0, which ``generate``'s beam search would fill with
+    EOS) and the same length; over models where captions end at different lengths, with and
+    without ``min_new``."""
+    lengths = set()
     for seed in range(8):
-        torch.manual_seed(seed)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=6, n_positions=32, n_embd=32, n_layer=2,
-                                           n_head=2, initializer_range=0.5, bos_token_id=1,
-                                           eos_token_id=2, pad_token_id=0)).eval()
+        model = tiny_gpt2(seed)
         step, embed = CausalStep(model), model.get_input_embeddings()
-        embeds = torch.randn(4, 3, 32)
-        settings = {"inputs_embeds": embeds, "attention_mask": torch.ones(4, 3, dtype=torch.long),
-                    "max_new_tokens": 10, "min_new_tokens": 2, "do_sample": False,
-                    "eos_token_id": 2, "pad_token_id": 0}
+        prefix = torch.randn(4, 3, 32)
+        embeds = after_bos(model, prefix)
+        min_new = 2 * (seed % 2)  # EOS held back for 2 tokens on odd seeds
         with torch.no_grad():
-            for beams in (1, 3):
-                ours = (decode(step, embeds, embed, 2, 0, max_new=10, min_new=2) if beams == 1
-                        else beam_search(step, embeds, embed, 2, 0, max_new=10, num_beams=3,
-                                         min_new=2, use_cache=False))
-                theirs = model.generate(num_beams=beams, **settings)
-                assert upto_end(ours) == upto_end(theirs), (seed, beams)
+            for decoding in ("greedy", "beam"):
+                product = generate_after(model, prefix, 1, 2, 0, max_new=10, decoding=decoding,
+                                         min_new=min_new, num_beams=3)
+                for use_cache in (True, False):
+                    hand = (decode(step, embeds, embed, 2, 0, max_new=10, min_new=min_new,
+                                   use_cache=use_cache) if decoding == "greedy"
+                            else beam_search(step, embeds, embed, 2, 0, max_new=10, num_beams=3,
+                                             min_new=min_new, use_cache=use_cache))
+                    assert torch.equal(product, hand), (seed, decoding, use_cache)
+                ended = product == 2
+                lengths.update((ended.long().argmax(1) + 1).masked_fill(~ended.any(1), 0)
+                               .tolist())
+    assert len(lengths - {0}) >= 3 and 0 in lengths  # ended at several lengths, and unended rows
+
+
+def test_product_nucleus_sampling_draws_what_the_hand_loop_draws():
+    """With the same seed, ``generate_after``'s nucleus sampling (temperature, top-p, no top-k)
+    draws the hand loop's tokens: both filter alike and draw one multinomial sample per row
+    and step from the global generator."""
+    for seed in range(4):
+        model = tiny_gpt2(seed)
+        prefix = torch.randn(4, 3, 32)
+        step, embed = CausalStep(model), model.get_input_embeddings()
+        with torch.no_grad():
+            torch.manual_seed(100 + seed)
+            product = generate_after(model, prefix, 1, 2, 0, max_new=10, decoding="nucleus",
+                                     top_p=0.8, temperature=0.7, min_new=1)
+            torch.manual_seed(100 + seed)
+            hand = decode(step, after_bos(model, prefix), embed, 2, 0, max_new=10, min_new=1,
+                          greedy=False, top_p=0.8, temperature=0.7)
+        assert torch.equal(product, hand), seed
+
+
+def test_a_pretrained_decoders_generation_config_does_not_change_the_captions():
+    """A hub model's ``generation_config`` (sampling, penalties, beams, a short max_length) is
+    overridden: greedy and beam captions stay the hand loop's."""
+    from transformers import GenerationConfig
+
+    model = tiny_gpt2(3)
+    model.generation_config = GenerationConfig(
+        do_sample=True, top_k=2, temperature=0.3, repetition_penalty=1.5, no_repeat_ngram_size=2,
+        max_length=5, num_beams=2, length_penalty=2.0, early_stopping=True)
+    prefix = torch.randn(4, 3, 32)
+    step, embed, embeds = CausalStep(model), model.get_input_embeddings(), after_bos(model, prefix)
+    with torch.no_grad():
+        assert torch.equal(generate_after(model, prefix, 1, 2, 0, max_new=10),
+                           decode(step, embeds, embed, 2, 0, max_new=10))
+        assert torch.equal(generate_after(model, prefix, 1, 2, 0, max_new=10, decoding="beam",
+                                          num_beams=3),
+                           beam_search(step, embeds, embed, 2, 0, max_new=10, num_beams=3))
 
 
 def test_a_wrapped_decoder_that_passes_keyword_arguments_on_keeps_its_cache():

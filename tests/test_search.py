@@ -22,7 +22,8 @@ from lmvision.train import train
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
 EXPERIMENT_OF = {"image_classifier": None, "fusion": "fusion_shapes", "aux_text": "aux_text_shapes",
-                 "pixel_lm": "pixel_lm_digits", "captioner": "captioner_shapes"}
+                 "pixel_lm": "pixel_lm_digits", "pixel_lm_finetune": "pixel_lm_digits",
+                 "captioner": "captioner_shapes"}
 TINY = ["data.num_images=300", "trainer=cpu", "logger=csv", "debug=limit"]
 
 

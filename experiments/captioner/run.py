@@ -15,7 +15,10 @@ at batch 1 and 64, greedy and beam search (4 beams), with and without the KV cac
 of timed runs after a warm-up), whether greedy captions are identical with and without it, and
 the same greedy timings for a larger decoder of the same design (a GPT-2 of width 512 and 8
 layers built from a config, random weights) forced to write 39 tokens, where recomputing the
-whole sequence at every step costs more than the cache's bookkeeping.
+whole sequence at every step costs more than the cache's bookkeeping. The timings use the
+hand-written loop of `decoding.py` beside this file, which decodes with and without the cache
+(the product, `Captioner.generate`, decodes with Hugging Face's `generate`, which always uses
+it; tests/test_decoding.py checks that both give the same captions).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 import studies  # noqa: E402  (experiments/studies.py)
 from studies import mean_std  # noqa: E402
 
@@ -39,7 +43,7 @@ METHODS = ("gradcam", "integrated_gradients", "occlusion", "lime")
 
 def explain(ckpt: Path, out: Path, limit: int | None) -> dict:
     cmd = [sys.executable, "-m", "lmvision.explain", f"ckpt_path={ckpt}", f"hydra.run.dir={out}",
-           f"saliency=[{','.join(METHODS)}]"] + ([f"limit={limit}"] if limit else [])
+           f"explain.saliency=[{','.join(METHODS)}]"] + ([f"explain.limit={limit}"] if limit else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"explain failed:\n{done.stderr[-3000:]}")
@@ -59,39 +63,44 @@ def decoding_speed(ckpt: Path, quick: bool) -> tuple[list[dict], bool]:
 
     import lmvision.config  # noqa: F401  (resolvers)
     from lmvision.config import config_dir
-    from lmvision.explain import load_strategy
+    from lmvision.run.parts import load_strategy
+
+    from decoding import hand_generate  # experiments/captioner/decoding.py
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         base = compose("explain", overrides=[f"ckpt_path={ckpt}"], return_hydra_config=False)
     OmegaConf.set_struct(base, False)
     base.paths.output_dir = tempfile.mkdtemp()
-    model, datamodule, _ = load_strategy(str(ckpt), "ckpt_path", base)
+    model, datamodule = load_strategy(base, str(ckpt), "ckpt_path")
     datamodule.setup("test")
     count = min(64, len(datamodule.data_test))
     images = torch.stack([datamodule.data_test[i % count]["image"] for i in range(64)])
-    greedy_same = torch.equal(model.net.generate(images, use_cache=True),
-                              model.net.generate(images, use_cache=False))
+    greedy_same = torch.equal(hand_generate(model.net, images, use_cache=True),
+                              hand_generate(model.net, images, use_cache=False))
     rows = []
     for batch in (1, 64):
         for decoding in ("greedy", "beam"):
             for cache in (True, False):
                 x = images[:batch]
-                rate = timed(lambda x=x, decoding=decoding, cache=cache: model.net.generate(
-                    x, decoding=decoding, num_beams=4, use_cache=cache), batch, 1 if quick else 3)
+                rate = timed(lambda x=x, decoding=decoding, cache=cache: hand_generate(
+                    model.net, x, decoding=decoding, num_beams=4, use_cache=cache), batch,
+                    1 if quick else 3)
                 rows.append({"model": "trained", "batch": batch, "decoding": decoding,
                              "cache": cache, "captions_per_s": rate})
                 print(rows[-1], flush=True)
     from lmvision.nn.captioner import Captioner
+    from lmvision.text.side import TextSide
 
     torch.manual_seed(0)
     width, depth = (64, 2) if quick else (512, 8)
     large = Captioner(model.net.image_encoder, datamodule.image_size, datamodule.channels,
-                      model.tokenizer, dim=width, depth=depth, heads=8, max_length=40).eval()
+                      TextSide("caption", datamodule.tokenizer, causal=True), dim=width,
+                      depth=depth, heads=8, max_length=40).eval()
     for batch in (1, 64):
         for cache in (True, False):
             x = images[:batch]
-            rate = timed(lambda x=x, cache=cache: large.generate(x, min_length=39, use_cache=cache),
-                         batch, 1)
+            rate = timed(lambda x=x, cache=cache: hand_generate(large, x, min_length=39,
+                                                                use_cache=cache), batch, 1)
             rows.append({"model": f"GPT-2 {width} wide, {depth} layers", "batch": batch,
                          "decoding": "greedy, 39 tokens", "cache": cache, "captions_per_s": rate})
             print(rows[-1], flush=True)

@@ -92,7 +92,7 @@ def main() -> int:
                     f"strategy.net.heads={args.heads}",
                     f"data.batch_size={args.batch}", f"optimizer.lr={args.lr}",
                     f"trainer.max_epochs={args.epochs}", f"+trainer.max_time={cap}",
-                    f"strategy.sample_every_n_epochs={args.sample_every}",
+                    f"evaluation.samples.every_n_epochs={args.sample_every}",
                     f"seed={args.seed}"]
     where = studies.environment_line()  # before the sample grids are copied beside the README
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,19 +114,21 @@ def main() -> int:
             print(f"pixel LM: training for up to {args.max_minutes:g} min, then testing, probes "
                   f"and gen/acc" + (f" (log: {args.out / 'pixel_lm_train.log'})" if args.out
                                     else ""), flush=True)
-            lm = studies.train([*lm_overrides, f"strategy.gen_classifier={judge_ckpt}"],
+            lm = studies.train([*lm_overrides, f"evaluation.generation.judge={judge_ckpt}"],
                                lm_dir, log=args.out / "pixel_lm_train.log" if args.out else None)
         epochs = _epochs(lm_dir)
         tested = _tested_checkpoint(lm_dir)
         sampling = studies.sampling_settings(lm_dir)
         by_setting = {}
         for t, g in [(t, g) for t in args.temperatures for g in args.guidance]:
-            # "+": lmvision-eval composes image_classifier's options before it reads the
-            # checkpoint's, and these are pixel_lm's
-            r = studies.evaluate([f"ckpt_path={tested}", *trainer, "+strategy.probe=false",
-                                  f"+strategy.temperature={t}", f"+strategy.guidance={g}",
-                                  f"+strategy.gen_samples_per_class={args.gen_samples_per_class}",
-                                  f"+strategy.gen_classifier={judge_ckpt}"],
+            # "+": lmvision-eval composes image_classifier's evaluation (none) before it reads
+            # the checkpoint's, and these are pixel_lm's
+            r = studies.evaluate([f"ckpt_path={tested}", *trainer, "+evaluation.probe=null",
+                                  f"+evaluation.sampling.temperature={t}",
+                                  f"+evaluation.sampling.guidance={g}",
+                                  f"+evaluation.generation.samples_per_class="
+                                  f"{args.gen_samples_per_class}",
+                                  f"+evaluation.generation.judge={judge_ckpt}"],
                                  Path(tmp) / f"eval-{t}-{g}")
             by_setting[(t, g)] = {k: r[k] for k in ("gen/acc", "gen/acc_caption")}
             print(f"temperature {t:g}, guidance {g:g}: gen/acc {r['gen/acc']:.4f}, caption "
@@ -197,7 +199,7 @@ def _kept(judge_dir: Path, lm_dir: Path, lm_overrides: list[str]) -> tuple[dict,
         if not (run_dir / "metrics.json").is_file():
             raise SystemExit(f"--from-runs: {run_dir} holds no finished run (no metrics.json)")
     trained = yaml.safe_load((lm_dir / ".hydra" / "overrides.yaml").read_text())
-    trained = [o for o in trained if not o.startswith(("strategy.gen_classifier=", "callbacks."))]
+    trained = [o for o in trained if not o.startswith(("evaluation.generation.judge=", "callbacks."))]
     if trained != lm_overrides:
         raise SystemExit(f"--from-runs: {lm_dir} was trained with {' '.join(trained)}, not with "
                          f"the options given now ({' '.join(lm_overrides)})")

@@ -9,7 +9,7 @@ Runs (`python -m lmvision.train`, CSV logger), for each seed:
 
 * digits (8x8 scans, 64 pixel tokens, 16 greys): `experiment=pixel_lm_digits` (pretraining,
   then the linear probes of every block beside raw pixels and random weights); the same
-  fine-tuned from its last checkpoint (`strategy.stage=finetune init_from=...`); the CNN
+  fine-tuned from its last checkpoint (`strategy=pixel_lm_finetune init_from=...`); the CNN
   baseline `strategy=image_classifier` on the same 8x8 images;
 * shapes (16x16, 256 pixel tokens, 16 colours, target `shape`, distinct colours, no sensor
   noise): a judge
@@ -41,8 +41,8 @@ SHAPES = ["data.image_size=16", "data.colors=distinct", "data.num_images=8000", 
 FINETUNE_EPOCHS = 30
 # --smoke: every run real but tiny, to check the script itself (a few batches, a small model)
 SMOKE = ["debug=limit"]
-SMOKE_LM = ["strategy.net.dim=32", "strategy.net.depth=2", "strategy.net.heads=2",
-            "strategy.samples=4", "strategy.gen_samples_per_class=2"]
+SMOKE_LM = ["strategy.net.dim=32", "strategy.net.depth=2", "strategy.net.heads=2"]
+SMOKE_EXTRAS = ["evaluation.samples.images=4", "evaluation.generation.samples_per_class=2"]
 
 
 def main() -> int:
@@ -60,6 +60,7 @@ def main() -> int:
         parser.error("--smoke checks the script; its figures are not for the README")
     digits_seeds = args.digits_seeds or args.seeds
     smoke, smoke_lm = (SMOKE, SMOKE_LM) if args.smoke else ([], [])
+    extras = SMOKE_EXTRAS if args.smoke else []  # of pretraining's evaluation callbacks
     finetune_epochs = 1 if args.smoke else FINETUNE_EPOCHS
     images = ["data.num_images=300"] if args.smoke else []  # the shapes runs' (the last wins)
 
@@ -82,8 +83,9 @@ def main() -> int:
                     shutil.copy(png, HERE / f"{data}_{png.name}")
 
         for seed in digits_seeds:
-            pre = run("digits pretrain", seed, ["experiment=pixel_lm_digits", *smoke_lm])
-            run("digits finetune", seed, ["experiment=pixel_lm_digits", "strategy.stage=finetune",
+            pre = run("digits pretrain", seed, ["experiment=pixel_lm_digits", *smoke_lm, *extras])
+            run("digits finetune", seed, ["experiment=pixel_lm_digits",
+                                           "strategy=pixel_lm_finetune",
                                            f"init_from={pre / 'checkpoints' / 'last.ckpt'}",
                                            f"trainer.max_epochs={finetune_epochs}", *smoke_lm])
             run("digits CNN", seed, [*DIGITS, "strategy=image_classifier"])
@@ -92,8 +94,8 @@ def main() -> int:
         for seed in args.seeds:
             judge = run("shapes CNN (judge)", seed, [*SHAPES, *images, "strategy=image_classifier"])
             lm = run("shapes pretrain", seed, [
-                "experiment=pixel_lm_shapes", *images, *smoke_lm,
-                f"strategy.gen_classifier={judge / 'checkpoints' / 'last.ckpt'}"])
+                "experiment=pixel_lm_shapes", *images, *smoke_lm, *extras,
+                f"evaluation.generation.judge={judge / 'checkpoints' / 'last.ckpt'}"])
             sampling = studies.sampling_settings(lm)
             if seed == args.seeds[0]:
                 keep_grids(lm, "shapes")

@@ -92,12 +92,15 @@ def own(dim, depth, heads, attention, device):
 def hugging_face(dim, depth, heads, attention, device):
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from lmvision.compat import attention_implementation
+
     config = GPT2Config(vocab_size=COLORS + 1, n_positions=PIXELS, n_embd=dim, n_layer=depth,
                         n_head=heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                         attn_implementation=attention)
     model = GPT2LMHeadModel(config).to(device)
-    if model.config._attn_implementation != attention:  # never time one attention under another's name
-        raise RuntimeError(f"transformers gave {model.config._attn_implementation} attention")
+    given = attention_implementation(model)
+    if given != attention:  # never time one attention under another's name
+        raise RuntimeError(f"transformers gave {given} attention")
     bos = torch.full((1, 1), COLORS, device=device)
 
     def forward(tokens):
@@ -142,9 +145,9 @@ def replay_microseconds(model, device: str, compiled: bool) -> float:
     """Microseconds per token of replaying the kept CUDA graph of the cached step alone, 255
     times as in an image (no token chosen, nothing written): what a step costs the GPU plus
     the replay's launch, against which the whole sampling loop's time per token is read."""
-    from lmvision.nn.pixel_gpt import _GRAPHS
+    from lmvision.nn.pixel_gpt import cuda_graph_replay
 
-    replay = _GRAPHS[model][compiled][1]
+    replay = cuda_graph_replay(model, compiled)
     token = torch.zeros(1, dtype=torch.long, device=device)
 
     def image() -> None:
@@ -209,7 +212,7 @@ def mfu_rows(device: str, runs: dict, steps: int, peak: float) -> list[dict]:
     rows = []
     for (dim, depth, heads), model_runs in runs.items():
         for batch, compiled in model_runs:
-            torch._dynamo.reset()  # each compiled run traces its own shapes afresh
+            torch.compiler.reset()  # each compiled run traces its own shapes afresh
             row = {"dim": dim, "depth": depth, "batch": batch, "compiled": compiled}
             model = forward = step = None
             try:

@@ -30,11 +30,19 @@ COMMON = ["logger=csv", "seed=0", "callbacks.progress_bar.refresh_rate=0"]
 RUNS = {
     "image_classifier": ["data.num_images=1200", "trainer.max_epochs=3"],
     "aux_text": ["experiment=aux_text_shapes", "data.num_images=1200", "trainer.max_epochs=3"],
-    "pixel_lm_pretrain": ["experiment=pixel_lm_digits", "trainer.max_epochs=3",
-                          "strategy.samples=4", "strategy.probe_max_train=400"],
+    "pixel_lm_pretrain": ["experiment=pixel_lm_digits", "trainer.max_epochs=3"],
 }
-FINETUNE = ["experiment=pixel_lm_digits", "trainer.max_epochs=2", "strategy.stage=finetune",
-            "strategy.samples=0", "strategy.probe=false"]
+FINETUNE = ["experiment=pixel_lm_digits", "trainer.max_epochs=2"]
+# the same settings, named as each side's configs name them (the refactor moved pixel_lm's
+# sampling and probe options to evaluation=, and its fine-tune stage to its own strategy)
+SIDE = {
+    "before": {"pixel_lm_pretrain": ["strategy.samples=4", "strategy.probe_max_train=400"],
+               "pixel_lm_finetune": ["strategy.stage=finetune", "strategy.samples=0",
+                                     "strategy.probe=false"]},
+    "after": {"pixel_lm_pretrain": ["evaluation.samples.images=4",
+                                    "evaluation.probe.max_train=400"],
+              "pixel_lm_finetune": ["strategy=pixel_lm_finetune"]},
+}
 # run.json fields that differ between any two runs (times, places, versions of the code)
 VOLATILE = {"started_at", "ended_at", "wall_time_s", "fit_seconds", "run_dir", "command", "git",
             "checkpoints", "tested_checkpoint", "device", "wandb", "init_from", "packages"}
@@ -52,13 +60,14 @@ def train(src: Path | None, overrides: list[str], run_dir: Path) -> tuple[dict, 
             json.loads((run_dir / "run.json").read_text()))
 
 
-def train_all(src: Path | None, where: Path) -> dict[str, tuple[dict, dict]]:
+def train_all(src: Path | None, where: Path, side: str) -> dict[str, tuple[dict, dict]]:
     out = {}
     for name, overrides in RUNS.items():
-        out[name] = train(src, overrides, where / name)
+        out[name] = train(src, [*overrides, *SIDE[side].get(name, [])], where / name)
         print(f"  {name}: {len(out[name][0])} metrics", flush=True)
     pretrained = where / "pixel_lm_pretrain" / "checkpoints" / "last.ckpt"
-    out["pixel_lm_finetune"] = train(src, [*FINETUNE, f"init_from={pretrained}"],
+    out["pixel_lm_finetune"] = train(src, [*FINETUNE, *SIDE[side]["pixel_lm_finetune"],
+                                           f"init_from={pretrained}"],
                                      where / "pixel_lm_finetune")
     print(f"  pixel_lm_finetune: {len(out['pixel_lm_finetune'][0])} metrics", flush=True)
     return out
@@ -105,9 +114,9 @@ def main() -> None:
                                     "HEAD"], capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         print(f"before ({args.before}, {before_commit}):", flush=True)
-        before = train_all(args.before.resolve(), Path(tmp) / "before")
+        before = train_all(args.before.resolve(), Path(tmp) / "before", "before")
         print("after (this checkout):", flush=True)
-        after = train_all(None, Path(tmp) / "after")
+        after = train_all(None, Path(tmp) / "after", "after")
     lines, same = compare(before, after)
     text = "\n".join([studies.environment_line(), "",
                       f"Before: commit {before_commit}. After: this checkout.", "", *lines, "",

@@ -2,264 +2,64 @@
 
     lmvision-compare multirun/2026-11-26/10-00-00 'outputs/**/digits-*' --metric test/acc
     lmvision-compare multirun/... --baseline strategy=image_classifier --format markdown
+    lmvision-compare multirun/... --metric test/ece --sort test/ece --sort-mode min
     lmvision-compare multirun/... --plot figures/
     lmvision-compare --wandb my-team/lmvision --metric test/acc
 
-Each run directory holds ``run.json`` (status, seed, command), ``metrics.json`` (final
-metrics), ``.hydra/overrides.yaml`` (what the command changed) and ``csv/metrics.csv`` (per
-epoch, with ``logger=csv``). Runs that differ only in ``seed`` (and in where they write:
-``hydra.*``, ``paths.*``, ``logger``, ``ckpt_path``) form a group; for each group and metric the
-table gives n, mean ± std, a 95 % confidence interval (Student's t), and with ``--baseline`` a
-paired t-test against the baseline group over the seeds both have. Reads files only (no torch),
-so it runs on records copied from a cluster.
+Each run directory holds ``run.json`` (status, seed, command, the selection metric ``monitor``
+and its ``monitor_mode``), ``metrics.json`` (final metrics), ``.hydra/overrides.yaml`` (what the
+command changed; a run resumed in place adds ``.hydra/resume-<n>/overrides.yaml``, which update
+the first key by key) and ``csv/metrics.csv`` (per epoch, with ``logger=csv``). Runs that differ
+only in ``seed`` (and in where they write: ``hydra.*``, ``paths.*``, ``logger``, ``ckpt_path``)
+form a group; for each group and metric the table gives n, mean ± std, a 95 % confidence
+interval (Student's t) over seeds (a seed run more than once counts once, with its mean), and
+with ``--baseline`` a paired t-test against the baseline group over the seeds both have (no p
+where it cannot be computed, with a warning that says why).
+
+Rows are sorted best first by ``--sort`` (default: the first metric). Which direction is better
+is never guessed from a name: the runs' ``monitor_mode`` gives it for their ``monitor``,
+``<monitor>_best`` and its test counterpart (``val/x`` -> ``test/x``); ``fit_seconds`` and
+``wall_time_s`` are lower-is-better; for any other metric (or older records without
+``monitor_mode``) give ``--sort-mode max|min``, which also overrides the runs'. Reads files
+only (no torch), so it runs on records copied from a cluster. Reading, grouping and the
+statistics live in :mod:`lmvision.run.comparison`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import io
 import json
 import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmvision.errors import UserError
+from lmvision.run.comparison import (IGNORED, MODES, Run, find_runs, group_runs, label,
+                                     summarise, wandb_runs)
 
-IGNORED = ("seed", "hydra", "paths", "logger", "ckpt_path")  # keys that do not make a group
-LOWER_IS_BETTER = ("loss", "bits_per_dim", "seconds", "error")  # words in a metric's name
+__all__ = ["IGNORED", "Run", "compare", "default_metrics", "find_runs", "main", "plot",
+           "summarise", "table", "wandb_runs"]
 FORMATS = ("rich", "markdown", "csv", "json")
 
 
-@dataclass
-class Run:
-    """One completed run: where it is, what it changed, its seed and final metrics."""
-
-    path: str
-    overrides: tuple[str, ...]
-    seed: Any
-    metrics: dict[str, float]
-    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-
-
-# -- reading --------------------------------------------------------------------------------------
-def ignored(override: str, ignore: tuple[str, ...]) -> bool:
-    key = override.lstrip("+~").split("=", 1)[0]
-    return any(key == k or key.startswith((k + ".", k + "/")) for k in ignore)
-
-
-def read_overrides(run_dir: Path, record: dict) -> list[str]:
-    """The command line's overrides: ``.hydra/overrides.yaml``, else the recorded command."""
-    path = run_dir / ".hydra" / "overrides.yaml"
-    if path.is_file():
-        import yaml
-
-        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
-    return [a for a in (record.get("command") or [])[1:] if "=" in a]
-
-
-def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values of every metric in the run's CSV log (``csv/metrics.csv``)."""
-    path = run_dir / "csv" / "metrics.csv"
-    if not path.is_file():
-        return {}
-    curves: dict[str, list[tuple[int, float]]] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = row.get("epoch")
-            if not epoch:
-                continue
-            for key, value in row.items():
-                if key not in ("epoch", "step") and value not in (None, ""):
-                    curves.setdefault(key, []).append((int(float(epoch)), float(value)))
-    return curves
-
-
-def find_runs(patterns: list[str], ignore: tuple[str, ...] = IGNORED) -> tuple[list[Run], int]:
-    """Completed runs under the directories or globs ``patterns``, and how many runs there
-    did not complete (running or failed)."""
-    roots: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else \
-            [pattern]
-        found = [Path(m) for m in matches if Path(m).is_dir()]
-        if not found:
-            raise UserError(f"{pattern}: no such directory (give run or sweep directories, or "
-                            "globs that match some)")
-        roots += found
-    from lmvision.run.record import read_records
-
-    runs, unfinished, seen = [], 0, set()
-    for root in roots:
-        for run_dir, record, final in read_records(root):
-            run_dir = run_dir.resolve()
-            if run_dir in seen:
-                continue
-            seen.add(run_dir)
-            if final is None:
-                unfinished += 1
-                continue
-            metrics = {k: float(v) for k, v in final.items() if isinstance(v, (int, float))}
-            for key in ("fit_seconds", "wall_time_s"):
-                if isinstance(record.get(key), (int, float)):
-                    metrics[key] = float(record[key])
-            kept = tuple(sorted(o for o in read_overrides(run_dir, record)
-                                if not ignored(o, ignore)))
-            if record.get("job_type", "train") != "train":  # an evaluation is not a training run
-                kept = (f"job_type={record['job_type']}", *kept)
-            runs.append(Run(str(run_dir), kept, record.get("seed"), metrics,
-                            read_curves(run_dir)))
-    return runs, unfinished
-
-
-def wandb_runs(project: str, ignore: tuple[str, ...] = IGNORED) -> tuple[list[Run], int]:
-    """Finished runs of a W&B project (``entity/project``): a group is the config values in
-    which runs differ, minus the ignored keys."""
-    try:
-        import wandb
-
-        api_runs = list(wandb.Api(timeout=30).runs(project))
-    except Exception as e:  # noqa: BLE001 - no network, no key, no such project: one line
-        raise UserError(f"--wandb {project}: cannot read the project from W&B "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        "compare local run directories instead") from None
-    configs = [flatten(dict(r.config)) for r in api_runs]
-    varying = {k for c in configs for k in c if len({json.dumps(x.get(k)) for x in configs}) > 1}
-    runs, unfinished = [], 0
-    for r, config in zip(api_runs, configs):
-        if r.state != "finished":
-            unfinished += 1
-            continue
-        kept = tuple(sorted(f"{k}={config[k]}" for k in varying if k in config
-                            and not ignored(f"{k}=", ignore)))
-        metrics = {k: float(v) for k, v in dict(r.summary).items()
-                   if isinstance(v, (int, float)) and not k.startswith("_")}
-        runs.append(Run(r.url, kept, config.get("seed"), metrics))
-    return runs, unfinished
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-# -- summarising ----------------------------------------------------------------------------------
+# -- what to show ---------------------------------------------------------------------------------
 def default_metrics(runs: list[Run]) -> list[str]:
-    """The test metric of what the runs select on (``<monitor>_best`` in their metrics, e.g.
-    ``val/<metric>_best`` → ``test/<metric>``) and the selection metric itself."""
+    """The test metric of what the runs select on (``monitor``, or for older records
+    ``val/<metric>_best`` in their metrics: ``test/<metric>``) and ``<monitor>_best``."""
     names: list[str] = []
     for run in runs:
-        for key in run.metrics:
-            if key.startswith("val/") and key.endswith("_best"):
-                monitor = key[:-len("_best")]
-                for name in ("test/" + monitor[len("val/"):], key):
-                    if name not in names and any(name in r.metrics for r in runs):
-                        names.append(name)
+        monitors = [run.monitor] if run.monitor else \
+            [k[:-len("_best")] for k in run.metrics if k.startswith("val/") and k.endswith("_best")]
+        for monitor in monitors:
+            if not monitor.startswith("val/"):
+                continue
+            for name in ("test/" + monitor[len("val/"):], monitor + "_best"):
+                if name not in names and any(name in r.metrics for r in runs):
+                    names.append(name)
     return names or sorted({k for r in runs for k in r.metrics if k.startswith("test/")})[:3]
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses, bits, errors and times (``*_s``) sort lowest first; the rest highest first."""
-    name = metric.split("/")[-1].removesuffix("_best")
-    return name.endswith("_s") or any(word in name.split("_") or word == name
-                                      for word in LOWER_IS_BETTER) or "loss" in name
-
-
-def group_runs(runs: list[Run]) -> dict[tuple[str, ...], list[Run]]:
-    groups: dict[tuple[str, ...], list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.overrides, []).append(run)
-    return groups
-
-
-def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
-    """Mean, sample standard deviation and the half-width of a 95 % Student-t interval
-    (``nan`` for one value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan, math.nan
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    from scipy import stats
-
-    return mean, std, float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-
-
-def paired_test(group: list[Run], baseline: list[Run], metric: str) -> tuple[int, float]:
-    """Pairs (same seed) and the two-sided p-value of a paired t-test of ``metric`` (with the
-    same difference for every pair, 0 when it is not zero and 1 when it is). A seed that a
-    group ran more than once (the same sweep read twice, a rerun) counts once, with the mean
-    of its runs: repeats are not independent pairs."""
-    def by_seed(runs: list[Run]) -> dict[Any, float]:
-        values: dict[Any, list[float]] = {}
-        for r in runs:
-            if metric in r.metrics:
-                values.setdefault(r.seed, []).append(r.metrics[metric])
-        return {seed: sum(v) / len(v) for seed, v in values.items()}
-
-    base, ours = by_seed(baseline), by_seed(group)
-    pairs = [(value, base[seed]) for seed, value in ours.items() if seed in base]
-    if len(pairs) < 2:
-        return len(pairs), math.nan
-    from scipy import stats
-
-    differences = [x - y for x, y in pairs]
-    if max(differences) - min(differences) <= 1e-12 * max(1.0, abs(differences[0])):
-        return len(pairs), 1.0 if differences[0] == 0 else 0.0
-    a, b = zip(*pairs)
-    return len(pairs), float(stats.ttest_rel(a, b).pvalue)
-
-
-def label(key: tuple[str, ...]) -> str:
-    return " ".join(key) or "(no overrides)"
-
-
-def summarise(runs: list[Run], metrics: list[str], sort: str | None = None,
-              baseline: str | None = None) -> list[dict[str, Any]]:
-    """One row per group: its overrides, n, seeds and for each metric mean, std, ci95 (and
-    ``p_<metric>``, the paired test against the baseline group), sorted best first by
-    ``sort`` (default: the first metric)."""
-    groups = group_runs(runs)
-    base_key = None
-    if baseline is not None:
-        wanted = set(baseline.split())
-        matching = [k for k in groups if set(k) == wanted] or \
-            [k for k in groups if wanted <= set(k)]
-        if len(matching) != 1:
-            raise UserError(f"--baseline {baseline!r} matches {len(matching)} groups; give "
-                            "overrides that pick one of: " + "; ".join(map(label, groups)))
-        base_key = matching[0]
-    rows = []
-    for key, members in groups.items():
-        row: dict[str, Any] = {"group": label(key), "n": len(members),
-                               "seeds": sorted((r.seed for r in members),
-                                               key=lambda x: (not isinstance(x, int), str(x))),
-                               "runs": [r.path for r in members]}
-        for metric in metrics:
-            values = [r.metrics[metric] for r in members if metric in r.metrics]
-            mean, std, ci = mean_std_ci(values) if values else (math.nan,) * 3
-            row[metric] = {"mean": mean, "std": std, "ci95": ci, "n": len(values)}
-            if base_key is not None and key != base_key:
-                row[metric]["pairs"], row[metric]["p"] = paired_test(members, groups[base_key],
-                                                                     metric)
-        row["baseline"] = key == base_key
-        rows.append(row)
-    sort = sort or (metrics[0] if metrics else None)
-    if sort:
-        if sort not in metrics:
-            raise UserError(f"--sort {sort}: not one of the metrics shown ({', '.join(metrics)})")
-        sign = 1 if lower_is_better(sort) else -1
-        rows.sort(key=lambda r: (math.isnan(r[sort]["mean"]), sign * r[sort]["mean"]
-                                 if not math.isnan(r[sort]["mean"]) else 0))
-    return rows
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -269,8 +69,8 @@ def cell(stats: dict[str, Any]) -> str:
     text = f"{stats['mean']:.4f}"
     if not math.isnan(stats["std"]):
         text += f" ± {stats['std']:.4f} [±{stats['ci95']:.4f}]"
-    if "p" in stats and not math.isnan(stats["p"]):
-        text += f" p={stats['p']:.3g}"
+    if "p" in stats:  # not computable: a warning says why
+        text += " p=n/a" if math.isnan(stats["p"]) else f" p={stats['p']:.3g}"
     return text
 
 
@@ -382,6 +182,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="a metric to show (repeat; default: the test metric the runs "
                              "select on, and the selection metric)")
     parser.add_argument("--sort", help="the metric to sort by (default: the first)")
+    parser.add_argument("--sort-mode", choices=MODES,
+                        help="whether higher (max) or lower (min) --sort values are better: "
+                             "needed for a metric other than the runs' selection metric "
+                             "(monitor, with its monitor_mode) and durations; overrides theirs")
     parser.add_argument("--baseline", help="the baseline group's overrides, space-separated "
                                            "(all of them, or enough to pick one group): every "
                                            "other group gets a paired t-test against it")
@@ -412,7 +216,7 @@ def compare(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if missing:
         known = sorted({k for r in runs for k in r.metrics})
         raise UserError(f"--metric {missing[0]}: no run has it; known: {', '.join(known)}")
-    rows = summarise(runs, metrics, args.sort, args.baseline)
+    rows = summarise(runs, metrics, args.sort, args.baseline, args.sort_mode)
     fmt = args.format or ("rich" if sys.stdout.isatty() else "markdown")
     if fmt == "rich":
         print_rich(rows, metrics)
@@ -421,10 +225,12 @@ def compare(argv: list[str] | None = None) -> list[dict[str, Any]]:
     notes = []
     if unfinished:
         notes.append(f"{unfinished} run(s) not completed (running or failed) are left out")
-    small = [r["group"] for r in rows if r["n"] < 3]
+    small = [r["group"] for r in rows if max((r[m]["n"] for m in metrics), default=r["n"]) < 3]
     if small:
         notes.append(f"{len(small)} group(s) with fewer than 3 seeds: their spread and interval "
                      "say little")
+    notes += [f"p of {m} not computable for {r['group']}: {r[m]['p_note']}"
+              for r in rows for m in metrics if r[m].get("p_note")]
     for note in notes:
         print(f"lmvision-compare: warning: {note}", file=sys.stderr)
     if args.plot:

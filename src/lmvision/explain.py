@@ -24,10 +24,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lmvision.run.cli import main as run_cli
-from lmvision.run.cli import run_task
 from lmvision.config import config_dir
 from lmvision.errors import UserError
+from lmvision.run.cli import main as run_cli
+from lmvision.run.cli import run_task
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -40,26 +40,6 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """``lmvision-explain``: user mistakes are one line and exit status 2 (see lmvision.run.cli)."""
     run_cli(hydra_main, "explain")
-
-
-def load_strategy(path: str, option: str, base: DictConfig):
-    """The strategy of a checkpoint, rebuilt from its stored config, with its weights, in eval
-    mode; and the datamodule it was trained with."""
-    from lmvision.config import build
-    from lmvision.run import checkpoints
-    from lmvision.evaluate import with_training_config
-
-    checkpoint = checkpoints.read(path, option)
-    stored = checkpoint.get("lmvision_config")
-    if stored is None:
-        raise UserError(f"{option}={path}: not an lmvision checkpoint (no stored config)")
-    cfg = with_training_config(base, stored, [])
-    choices = checkpoint.get("lmvision_choices") or {}
-    datamodule, model = build.data_and_model(cfg, build.stored_tokenizer(checkpoint, cfg, choices),
-                                             build.stored_descriptions(checkpoint, cfg))
-    checkpoints.check_fits(checkpoint, model, path, option, None, choices)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), datamodule, cfg
 
 
 def decision(model):
@@ -76,13 +56,6 @@ def decision(model):
         raise UserError(f"classifier_path: a {type(model).__name__} checkpoint does not classify")
     encoder = getattr(model.net, "image_encoder", None)
     return (lambda images, batch: model.logits({**batch, "image": images})), encoder
-
-
-def reads_side_text(model) -> bool:
-    """Whether a classifier reads each image's text besides its pixels (``fusion``)."""
-    from lmvision.strategies.fusion import FusionStrategy
-
-    return isinstance(model, FusionStrategy)
 
 
 def check_same_images(classifier_data, captioner_data) -> None:
@@ -138,44 +111,45 @@ def test_batches(datamodule, limit: int | None):
 
 
 def explain(cfg: DictConfig) -> dict[str, float]:
-    from lmvision.config import build
-    from lmvision.run import record as runs
-    from lmvision.evaluation.faithfulness import SALIENCY_METHODS, Faithfulness, black, mask_out, saliency
+    from lmvision.evaluation.explanations import measure_batch, train_text_classifier
+    from lmvision.evaluation.faithfulness import SALIENCY_METHODS, Faithfulness, black, saliency
     from lmvision.files import write_json
-    from lmvision.strategies.captioner import CaptionerStrategy, train_text_classifier
+    from lmvision.run.parts import load_strategy
+    from lmvision.run.session import RunSession
+    from lmvision.strategies.captioner import CaptionerStrategy
 
-    out = build.run_dir(cfg)
-    runs.claim_run_dir(out, "explain", None)
-    record = runs.RunRecord(out, cfg.get("seed"), "explain", build.group_choices())
-    with build.failures_recorded(record):
-        methods = list(cfg.saliency)
+    with RunSession.open(cfg, "explain") as session:
+        options = session.cfg.explain
+        methods = list(options.saliency)
         for method in methods:
             if method not in SALIENCY_METHODS:
-                raise UserError(f"saliency: {method!r} is not one of {', '.join(SALIENCY_METHODS)}")
-        captioner, datamodule, _ = load_strategy(cfg.ckpt_path, "ckpt_path", cfg)
+                raise UserError(f"explain.saliency: {method!r} is not one of "
+                                f"{', '.join(SALIENCY_METHODS)}")
+        datamodule, _, captioner = session.build(load_weights=True)
         if not isinstance(captioner, CaptionerStrategy):
             raise UserError(f"ckpt_path={cfg.ckpt_path}: expected a captioner checkpoint, got "
                             f"{type(captioner).__name__}")
         classifier = captioner
         if cfg.get("classifier_path"):
-            classifier, classifier_data, _ = load_strategy(cfg.classifier_path, "classifier_path", cfg)
+            classifier, classifier_data = load_strategy(session.cfg, cfg.classifier_path,
+                                                        "classifier_path")
             check_same_images(classifier_data, datamodule)
             # batches come from the classifier's data: a fusion model reads its own text tokens
             datamodule = classifier_data
         forward, encoder = decision(classifier)
         if "gradcam" in methods and encoder is None:
-            raise UserError("saliency=gradcam needs a classifier with an image encoder")
-        record.update(checkpoint=str(cfg.ckpt_path), classifier=cfg.get("classifier_path"),
-                      images=str(cfg.images))
+            raise UserError("explain.saliency=gradcam needs a classifier with an image encoder")
+        session.record.update(checkpoint=str(cfg.ckpt_path), classifier=cfg.get("classifier_path"),
+                              images=str(cfg.images))
         source = str(cfg.images)
         on_test = source == "test"
         if not on_test and not Path(source).expanduser().exists():
             raise UserError(f"images={source}: no such file or folder (or use images=test)")
-        if not on_test and reads_side_text(classifier):
+        if not on_test and getattr(classifier.net, "reads_text", False):
             raise UserError("the classifier (fusion) reads each image's side text, which image "
                             "files do not have: explain it on images=test")
-        batches = (test_batches(datamodule, cfg.get("limit")) if on_test
-                   else folder_batches(Path(source).expanduser(), datamodule, cfg.batch_size))
+        batches = (test_batches(datamodule, options.get("limit")) if on_test
+                   else folder_batches(Path(source).expanduser(), datamodule, options.batch_size))
         classes = list(datamodule.classes)
         faith = Faithfulness(classes, train_text_classifier(datamodule) if on_test else None)
         rows, panels = [], []
@@ -185,44 +159,47 @@ def explain(cfg: DictConfig) -> dict[str, float]:
                 probs = forward(images, batch).softmax(1)
             confidence, predicted = probs.max(1)
             captions = captioner.captions(images)
-            maps = {m: saliency(m, lambda x: forward(x, batch), encoder, images, predicted,
-                                black(datamodule)) for m in methods}
+            decide = (lambda x, batch=batch: forward(x, batch))
+            maps = {m: saliency(m, decide, encoder, images, predicted, black(datamodule))
+                    for m in methods}
             if "label" in batch and on_test:
-                faith.update(captions, predicted, batch["label"])
-                if "mask" in batch:
-                    masked = mask_out(images, batch["mask"])
-                    with torch.no_grad():
-                        masked_predicted = forward(masked, batch).argmax(1)
-                    faith.update_counterfactual(captions, predicted, captioner.captions(masked),
-                                                masked_predicted)
-                    for m in methods:
-                        faith.update_pointing(m, maps[m], batch["mask"])
+                measure_batch(faith, decide, captioner.captions, encoder, batch, captions,
+                              predicted, methods, black(datamodule), maps)
             for i, name in enumerate(batch["name"]):
-                row = {"image": name, "predicted": classes[int(predicted[i])],
-                       "confidence": round(float(confidence[i]), 4), "caption": captions[i]}
-                if "label" in batch:
-                    row["label"] = classes[int(batch["label"][i])]
-                for m in methods:
-                    peak = int(maps[m][i].flatten().argmax())
-                    row[f"peak_{m}"] = [peak // maps[m].shape[-1], peak % maps[m].shape[-1]]
-                    if "mask" in batch:
-                        row[f"on_object_{m}"] = bool(batch["mask"][i].flatten()[peak])
+                row = explanation_row(batch, i, name, classes, predicted, confidence, captions,
+                                      maps)
                 rows.append(row)
-                if len(panels) < cfg.panels:
+                if len(panels) < options.panels:
                     panels.append((display(images[i], datamodule), maps[methods[0]][i]
                                    if methods else None, row))
         metrics = Faithfulness.metrics(*faith.totals()) if on_test else {}
+        out = session.out
         (out / "explanations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         if panels:
             panel_sheet(panels, methods[0] if methods else None, out / "explanations.png")
-        log_wandb_table(cfg, rows, panels)
+        log_wandb_table(session.cfg, rows, panels)
         write_json(out / "metrics.json", metrics)
-        record.finish(metrics, explained=len(rows))
+        session.finish(metrics, print_last=False, explained=len(rows))
     print(f"Run directory: {out.resolve()}", flush=True)
     print(f"Explained {len(rows)} images: explanations.jsonl, explanations.png", flush=True)
     if metrics:
         print("Metrics: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()), flush=True)
     return metrics
+
+
+def explanation_row(batch: dict, i: int, name: str, classes: list[str], predicted, confidence,
+                    captions: list[str], maps: dict) -> dict:
+    """One line of explanations.jsonl: the image, its decision, caption and saliency peaks."""
+    row = {"image": name, "predicted": classes[int(predicted[i])],
+           "confidence": round(float(confidence[i]), 4), "caption": captions[i]}
+    if "label" in batch:
+        row["label"] = classes[int(batch["label"][i])]
+    for m, heat in maps.items():
+        peak = int(heat[i].flatten().argmax())
+        row[f"peak_{m}"] = [peak // heat.shape[-1], peak % heat.shape[-1]]
+        if "mask" in batch:
+            row[f"on_object_{m}"] = bool(batch["mask"][i].flatten()[peak])
+    return row
 
 
 def display(image: torch.Tensor, datamodule) -> torch.Tensor:

@@ -35,7 +35,7 @@ class Item:
     kind: str        # model | dataset | cifar | torchvision_weights
     name: str        # hub id, dataset name, folder, or model:weights
     option: str      # the config option that names it
-    revision: str | None = None
+    revision: str | None = None   # a hub revision (or CIFAR's variant)
     status: str = "pending"
     detail: str = ""
 
@@ -61,36 +61,39 @@ def select(cfg: DictConfig, key: str) -> Any:
 
 
 def needed(cfg: DictConfig) -> list[Item]:
-    """What a run of ``cfg`` would download."""
-    items: list[Item] = []
+    """What a run of ``cfg`` would download: every class the run builds (its strategy and
+    network, its inputs' text side, its data) says what it downloads, as ``downloads``: pairs of
+    a kind and the option naming the thing (with the option of its revision, if any)."""
+    from hydra.utils import get_object
 
-    def model(option: str, revision: str | None = None) -> None:
-        name = select(cfg, option)
-        if name:
-            items.append(Item("model", str(name), option, revision))
+    from lmvision.config.validate import source_of
 
-    strategy = str(select(cfg, "strategy._target_") or "")
-    reads_text = "tokenizer" in (select(cfg, "strategy") or {})
-    if reads_text and "caption_tokenizer" not in (select(cfg, "strategy") or {}):
-        model("text_encoder.name_or_path")
-    if strategy.endswith("CaptionerStrategy"):
-        model("strategy.net.decoder_name")
-        model("strategy.caption_tokenizer.name_or_path")
-    if str(select(cfg, "descriptions._target_") or "").endswith("LanguageModelDescriptions") \
-            and "descriptions" in (select(cfg, "strategy") or {}):
-        model("descriptions.name_or_path", select(cfg, "descriptions.revision"))
-    dataset = str(select(cfg, "data.datamodule.dataset._target_") or "")
-    if dataset.endswith("HFDataset"):
-        items.append(Item("dataset", str(select(cfg, "data.dataset")), "data.dataset",
-                          select(cfg, "data.revision")))
-    if dataset.endswith("CifarDataset"):
-        items.append(Item("cifar", str(select(cfg, "data.root")), "data.root",
-                          str(select(cfg, "data.datamodule.dataset.variant"))))
-    weights = select(cfg, "backbone.weights")
-    if weights and str(select(cfg, "backbone._target_") or "").endswith("TorchvisionEncoder"):
-        items.append(Item("torchvision_weights", f"{select(cfg, 'backbone.name')}:{weights}",
-                          "backbone.weights"))
-    return items
+    items: dict[tuple[str, str], Item] = {}
+
+    def visit(node: Any, path: str) -> None:
+        if isinstance(node, DictConfig):
+            target = node.get("_target_")
+            if target:
+                for kind, key, revision in getattr(get_object(target), "downloads", ()):
+                    add(node, path, kind, key, revision)
+            for key in node:
+                if not str(key).startswith("_"):
+                    visit(node.get(key), f"{path}.{key}")
+
+    def add(node: DictConfig, path: str, kind: str, key: str, revision: str | None) -> None:
+        name = node.get(key)
+        if not name:
+            return
+        extra = node.get(revision) if revision else None
+        if kind == "torchvision_weights":
+            name, extra = f"{node.get('name')}:{name}", None
+        item = Item(kind, str(name), source_of(cfg, f"{path}.{key}"),
+                    str(extra) if extra is not None else None)
+        items.setdefault((item.kind, item.name), item)
+
+    for section in ("inputs", "strategy", "data"):
+        visit(select(cfg, section), section)
+    return list(items.values())
 
 
 def is_local(item: Item) -> bool:

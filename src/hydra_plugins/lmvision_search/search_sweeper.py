@@ -36,6 +36,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from lmvision import compat
 from lmvision.errors import UserError
 
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize",
@@ -203,8 +204,8 @@ def fail_stale_trials(study) -> None:
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, "error",
-                                           "interrupted: the sweep was stopped during this trial")
+        compat.set_trial_user_attr(study, trial, "error",
+                                   "interrupted: the sweep was stopped during this trial")
         study.tell(trial.number, state=TrialState.FAIL)
 
 
@@ -213,13 +214,13 @@ def tell(study, trial, ret, job_dir: Path) -> None:
     from hydra.core.utils import JobStatus
     from optuna.trial import TrialState
 
-    value = ret._return_value if ret.status == JobStatus.COMPLETED else None
+    value = ret.return_value if ret.status == JobStatus.COMPLETED else None
     trial.set_user_attr("job_dir", str(job_dir))
     if isinstance(value, (int, float)) and math.isfinite(value):
         study.tell(trial, float(value))
         return
     record = read_json(job_dir / "run.json")
-    error = record.get("error") or (repr(ret._return_value) if ret.status == JobStatus.FAILED
+    error = record.get("error") or (repr(compat.job_error(ret)) if ret.status == JobStatus.FAILED
                                     else f"no value for the optimized metric (got {value!r})")
     trial.set_user_attr("error", str(error))
     study.tell(trial, state=TrialState.FAIL)

@@ -1,94 +1,105 @@
-"""Turn a composed config into the pieces of a run (shared by train and evaluate)."""
+"""Turn a composed config into the pieces of a run, in order: the text recipe, the datamodule
+(which makes the tokenizer from its training split), the text side, then the strategy with its
+network; the trainer, callbacks and loggers. Used by the run session (``lmvision.run.session``).
+
+A network or strategy whose constructor takes ``text`` receives the run's text side
+(:class:`~lmvision.text.side.TextSide`): that parameter is how a class says it reads text. A
+constructor that refuses an argument (:class:`~lmvision.checks.ArgumentError`, or a plain
+``ValueError`` that names the argument) becomes one :class:`UserError` naming the option the
+user wrote (``strategy.net.mode``, or ``data.batch_size`` when the value comes from there).
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lmvision.checks import ArgumentError
 from lmvision.errors import UserError, user_error_in
 
-
-def run_dir(cfg: DictConfig) -> Path:
-    """The Hydra run directory (``paths.output_dir``), created if needed."""
-    path = Path(cfg.paths.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# what a config's ``descriptions`` holds that says where or how they are computed, not what
+LOGISTICS = ("cache_dir", "device", "wait_seconds", "batch_size")
 
 
 def instantiate_group(node: DictConfig | None) -> list[Any]:
-    """Instantiate every entry with a ``_target_`` of a dict-like group (callbacks, loggers)."""
+    """Instantiate every entry with a ``_target_`` of a dict-like group (callbacks, loggers,
+    evaluation); other entries (shared settings) are left alone."""
     from hydra.utils import instantiate
 
     if not node:
         return []
-    return [instantiate(c) for c in node.values() if isinstance(c, DictConfig) and "_target_" in c]
+    with user_errors(node):
+        return [instantiate(c) for c in node.values()
+                if isinstance(c, DictConfig) and "_target_" in c]
 
 
-def data_and_model(cfg: DictConfig, tokenizer: Any | None = None,
-                   descriptions: Any | None = None) -> tuple[Any, Any]:
-    """Instantiate the datamodule and the strategy with its network.
-
-    A strategy that reads class descriptions declares ``descriptions: null`` (and
-    ``classes: null``): they are built from ``descriptions=`` for the data's classes, unless
-    given (a resumed or evaluated checkpoint carries its own).
-
-    A strategy that reads text declares ``tokenizer: null`` in its config (and its network
-    ``text_encoder: null``). The tokenizer is then built from ``text_encoder.tokenizer`` (with
-    the training split's text, which a tokenizer trained from scratch learns from) unless one
-    is given (a resumed or evaluated checkpoint carries its own), and handed to the
-    datamodule's collate, to the text encoder and to the strategy, so the three always agree.
-    """
+def text_recipe(cfg: DictConfig):
+    """The run's :class:`~lmvision.text.side.TextRecipe` (``inputs.text``), or ``None``."""
     from hydra.utils import instantiate
 
-    datamodule = instantiate(cfg.data.datamodule)
-    if "tokenizer" not in cfg.strategy:
-        return datamodule, instantiate(cfg.strategy)
-    # a captioner's tokenizer, and that of a pixel model conditioned on captions, learns from
-    # the training captions; the others' from the text
-    own = "caption_tokenizer" in cfg.strategy
-    captions = own or "caption" in (OmegaConf.select(cfg, "strategy.net.conditions") or [])
-    node = (cfg.strategy.caption_tokenizer if own
-            else OmegaConf.select(cfg, "text_encoder.tokenizer"))
+    node = OmegaConf.select(cfg, "inputs.text")
     if node is None:
-        raise UserError("this strategy reads text: choose a text encoder, e.g. text_encoder=minilm")
-    if captions:  # it reads the captions: the data must have them
-        datamodule.require_strings("caption")
-    if tokenizer is None:
-        tokenizer = instantiate(node)(datamodule.train_texts("caption" if captions else "text"))
-    net: dict[str, Any] = {}
-    if "tokenizer" in cfg.strategy.net and cfg.strategy.net.tokenizer is None:
-        net["tokenizer"] = tokenizer
-    if "text_vocab_size" in cfg.strategy.net and cfg.strategy.net.text_vocab_size is None:
-        net["text_vocab_size"] = len(tokenizer)
-    if "text_encoder" in cfg.strategy.net and cfg.strategy.net.text_encoder is None:
-        net["text_encoder"] = instantiate(cfg.text_encoder.encoder)(tokenizer=tokenizer)
-    extra: dict[str, Any] = {}
-    if "descriptions" in cfg.strategy and cfg.strategy.descriptions is None:
-        if descriptions is None:
-            descriptions = instantiate(cfg.descriptions)(datamodule.classes)
-            descriptions.config = descriptions_config(cfg)
-        extra["descriptions"] = descriptions
-    if "classes" in cfg.strategy and cfg.strategy.classes is None:
-        extra["classes"] = list(datamodule.classes)
-    model = instantiate(cfg.strategy, tokenizer=tokenizer, net=net, **extra)
-    # what it reads per batch, and fields it tokenises its own way (a captioner's captions)
-    datamodule.use_tokenizer(tokenizer, getattr(model, "text_keys", ()),
-                             getattr(model, "tokenizers_per_key", None))
-    if getattr(model, "raw_pixels", False):  # it models pixel values: no normalisation
-        datamodule.use_raw_pixels(augment=getattr(model, "augment_pixels", False))
-    return datamodule, model
+        return None
+    with user_errors(cfg):
+        return instantiate(node)
+
+
+def datamodule(cfg: DictConfig, recipe, tokenizer: Any | None = None):
+    """The datamodule, serving what ``inputs`` asks for; ``tokenizer``: a checkpoint's, used
+    instead of making one from the training split."""
+    from hydra.utils import instantiate
+
+    text = recipe.data_field(tokenizer) if recipe is not None else None
+    with user_errors(cfg):
+        return instantiate(cfg.data.datamodule, text=text,
+                           pixels=OmegaConf.select(cfg, "inputs.pixels") or "normalised")
+
+
+def text_side(cfg: DictConfig, recipe, datamodule, descriptions: Any | None = None):
+    """The text side, once the datamodule has its tokenizer; ``descriptions``: a checkpoint's,
+    used instead of making them (they are made for the data's classes otherwise, and remember
+    the ``descriptions`` config that made them)."""
+    if recipe is None:
+        return None
+    if descriptions is None and recipe.descriptions is not None:
+        with user_errors(cfg):
+            descriptions = recipe.descriptions(list(datamodule.classes))
+        descriptions.config = descriptions_config(cfg)
+    return recipe.side(datamodule, descriptions)
+
+
+def strategy(cfg: DictConfig, side):
+    """The strategy with its network; ``side`` goes to whichever of the two takes ``text``."""
+    from hydra.utils import get_class, instantiate
+
+    given: dict[str, Any] = {}
+    for path, kwargs in (("strategy.net", given.setdefault("net", {})), ("strategy", given)):
+        target = OmegaConf.select(cfg, f"{path}._target_")
+        takes = parameters(get_class(target), with_defaults=True) if target else {}
+        if "text" not in takes:
+            continue
+        if side is not None:
+            kwargs["text"] = side
+        elif not takes["text"]:  # it cannot do without
+            raise UserError(f"{path}: {target.rsplit('.', 1)[-1]} reads text, and "
+                            f"inputs={chosen(cfg, 'inputs')} gives none; choose inputs= the "
+                            "strategy's own (the default)")
+    if not given["net"]:
+        del given["net"]
+    with user_errors(cfg):
+        return instantiate(cfg.strategy, **given)
 
 
 def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
     """The Lightning Trainer; a setting Lightning refuses becomes a UserError naming ``trainer``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
     from lightning_fabric.plugins.environments import SLURMEnvironment
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     if SLURMEnvironment.detect() and "plugins" not in cfg.trainer and "plugins" not in kwargs:
         # the environment Lightning would choose, without its requeue on SIGUSR1: a job warned
@@ -102,33 +113,68 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
         raise
 
 
-def record_skipped(datamodule, record, out: Path) -> None:
-    """With ``data.on_bad_item=skip``: the unreadable items left out, listed in
-    ``skipped_items.json`` and counted in run.json."""
-    skipped = getattr(datamodule.dataset, "skipped", None)
-    if skipped and record.enabled:
-        from lmvision.files import write_json
-
-        write_json(out / "skipped_items.json", skipped)
-        record.update(data_skipped=len(skipped))
-        print(f"data.on_bad_item=skip: left out {len(skipped)} unreadable items "
-              f"(listed in {out / 'skipped_items.json'})", flush=True)
-
-
 @contextmanager
-def failures_recorded(record):
-    """Mark run.json failed with the error (and re-raise) if assembling the run fails.
+def user_errors(cfg: DictConfig) -> Iterator[None]:
+    """Turn a constructor's refusal of an argument, raised while instantiating a node of
+    ``cfg``, into a UserError naming the option the user wrote."""
+    from hydra.errors import InstantiationException
 
-    A user's mistake wrapped by Hydra (``InstantiationException``) is raised as itself.
-    """
     try:
         yield
-    except BaseException as err:
-        user = user_error_in(err)
-        record.fail(user or err)
-        if user is not None and user is not err:
-            raise user from err
-        raise
+    except InstantiationException as err:
+        if user_error_in(err) is not None:
+            raise
+        cause, found = err.__cause__, re.search(r"full_key: (\S+)", str(err))
+        if not isinstance(cause, ValueError) or not found:
+            raise
+        message = option_message(cfg, found.group(1), cause)
+        if message is None:
+            raise
+        raise UserError(message) from err
+
+
+def option_message(cfg: DictConfig, node: str, error: ValueError) -> str | None:
+    """``error``'s message with its argument renamed to the option that set it (following an
+    interpolation to its source), or ``None`` when it names no argument of the node's target."""
+    from hydra.utils import get_class
+
+    from lmvision.config.validate import source_of
+
+    target = OmegaConf.select(cfg, f"{node}._target_")
+    try:
+        names = parameters(get_class(target)) if target else []
+    except (ImportError, ValueError):
+        names = []
+    if isinstance(error, ArgumentError):
+        argument = error.argument
+        rest = None
+    else:
+        found = re.match(r"([A-Za-z_]\w*)\b\s*(=|:|must|is)", str(error))
+        if not found:
+            return None
+        argument, rest = found.group(1), str(error)[len(found.group(1)):]
+    head = argument.split(".")[0].split("[")[0]
+    if head not in names:
+        return None
+    option = source_of(cfg, f"{node}.{head}") + argument[len(head):]
+    return error.renamed(option) if rest is None else option + rest
+
+
+def parameters(cls: Any, with_defaults: bool = False) -> Any:
+    """The names a class's (or function's) signature takes; ``with_defaults``: a dict of
+    each name to whether it has a default."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {} if with_defaults else []
+    if with_defaults:
+        return {n: p.default is not inspect.Parameter.empty for n, p in params.items()}
+    return list(params)
+
+
+def chosen(cfg: DictConfig, group: str) -> str:
+    """The option chosen in a config group (``inputs=fusion``), or ``?``."""
+    return group_choices().get(group, "?")
 
 
 def config_container(cfg: DictConfig, resolve: bool) -> dict:
@@ -149,64 +195,10 @@ def group_choices() -> dict[str, str]:
     return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
 
 
-def record_descriptions(model: Any, record: Any, out: Path) -> None:
-    """Write the class descriptions a strategy reads to ``<run dir>/descriptions.json`` and
-    their provenance (file, or model, prompt and settings) into the run record."""
-    from lmvision.files import write_json
-
-    descriptions = getattr(model, "descriptions", None)
-    if descriptions is None or not record.enabled:
-        return
-    write_json(out / "descriptions.json", descriptions.state())
-    record.update(descriptions=descriptions.provenance)
-
-
 def descriptions_config(cfg: DictConfig) -> dict:
     """The resolved ``descriptions`` config, without the options that only say where or how
     descriptions are computed (a cache directory, a device), not what they are."""
     config = OmegaConf.to_container(cfg.descriptions, resolve=True)
-    for key in ("cache_dir", "device", "wait_seconds", "batch_size"):
+    for key in LOGISTICS:
         config.pop(key, None)
     return config
-
-
-def stored_descriptions(checkpoint: dict | None, cfg: DictConfig) -> Any | None:
-    """The class descriptions a checkpoint carries (what the run was trained with), when this
-    run reads descriptions and asks for the same ones (the same resolved ``descriptions``
-    config); a run that asks for other descriptions builds them."""
-    from lmvision.text.descriptions import Descriptions
-
-    if (not checkpoint or "lmvision_descriptions" not in checkpoint
-            or "descriptions" not in cfg.strategy):
-        return None
-    stored = Descriptions.from_state(checkpoint["lmvision_descriptions"])
-    if stored.config is not None and stored.config != descriptions_config(cfg):
-        return None  # this run asks for other descriptions
-    return stored
-
-
-def check_holdout(checkpoint: dict | None, datamodule: Any, option: str) -> None:
-    """Refuse to resume or evaluate a checkpoint with other held-out classes than it was
-    trained without: its "unseen" metrics would count classes it was trained on."""
-    if not checkpoint or "lmvision_unseen_classes" not in checkpoint:
-        return
-    trained = list(checkpoint["lmvision_unseen_classes"])
-    now = [datamodule.classes[i] for i in getattr(datamodule, "unseen_classes", [])]
-    if trained != now:
-        raise UserError(
-            f"{option}: the checkpoint was trained with held-out classes "
-            f"[{', '.join(trained) or 'none'}] but data.holdout_classes and seed now give "
-            f"[{', '.join(now) or 'none'}]; use the training run's seed and data.holdout_classes")
-
-
-def stored_tokenizer(checkpoint: dict | None, cfg: DictConfig, choices: dict[str, str]) -> Any | None:
-    """The tokenizer a checkpoint carries, when this run reads text with the same text encoder
-    (``choices``: this run's group choices)."""
-    from lmvision.text.tokenizers import tokenizer_from_state
-
-    if not checkpoint or "lmvision_tokenizer" not in checkpoint or "tokenizer" not in cfg.strategy:
-        return None
-    trained_with = (checkpoint.get("lmvision_choices") or {}).get("text_encoder")
-    if trained_with is not None and trained_with != choices.get("text_encoder", trained_with):
-        return None
-    return tokenizer_from_state(checkpoint["lmvision_tokenizer"])

@@ -22,7 +22,7 @@ def register_resolvers() -> None:
         "lmv.choose": choose,
         "lmv.when_positive": when_positive,
         "lmv.num_classes": spec.num_classes,
-        "lmv.num_classes_in": catalog.num_classes,
+        "lmv.num_classes_in": num_classes_in,
         "lmv.task": spec.task,
         "lmv.minilm_path": minilm_path,
         "lmv.tasks_per_node": tasks_per_node,
@@ -33,6 +33,15 @@ def register_resolvers() -> None:
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def num_classes_in(kind, where, classes=None, members=None, *, _root_=None):
+    """``${lmv.num_classes_in:jsonl,${.path},${.classes}}``: the classes of a user's data, read
+    once and then kept beside it (or under ``paths.cache_dir``), so that resolving a config
+    reads no data again until it changes; see :mod:`lmvision.data.class_cache`."""
+    cache_dir = OmegaConf.select(_root_, "paths.cache_dir", default=None) \
+        if _root_ is not None else None
+    return catalog.num_classes(kind, where, classes, members, cache_dir=cache_dir)
 
 
 def choose(option, key, *pairs):

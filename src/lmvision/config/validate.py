@@ -109,6 +109,15 @@ def _source(raw: Any, key: str, path: str, root: dict) -> str:
     return path
 
 
+def source_of(cfg: DictConfig, path: str) -> str:
+    """The option the user set for the config key ``path``: ``data.datamodule.batch_size`` is
+    ``data.batch_size`` when it holds ``${data.batch_size}`` (followed to the end)."""
+    root = OmegaConf.to_container(cfg, resolve=False)
+    parent, _, key = path.rpartition(".")
+    raw = _raw_at(root, parent) if parent else root
+    return _source(raw, key, path, root)
+
+
 def _raw_at(root: dict, path: str) -> Any:
     node: Any = root
     for part in path.split("."):

@@ -1,8 +1,9 @@
 """What a file-based dataset holds, read without torch: its class names and rows.
 
-Config resolvers call these while a config is composed (``data.num_classes`` of a folder or a
-JSONL file), and the datasets call the same functions, so the two always agree. Every problem
-is one :class:`~lmvision.errors.UserError` naming the folder, file, line or option.
+Config resolvers count classes with these (``data.num_classes`` of a folder or a JSONL file;
+once: see :mod:`lmvision.data.class_cache`), and the datasets call the same functions, so the
+two always agree. Every problem is one :class:`~lmvision.errors.UserError` naming the folder,
+file, line or option.
 """
 
 from __future__ import annotations
@@ -122,27 +123,48 @@ def jsonl_classes(path: str | Path, classes: list[str] | None = None) -> list[st
     return sorted({str(row["label"]) for row in rows})
 
 
-def num_classes(kind: str, where: Any, classes: Any = None, members: Any = None) -> int:
+def num_classes(kind: str, where: Any, classes: Any = None, members: Any = None,
+                cache_dir: Any = None) -> int:
     """``${lmv.num_classes_in:image_folder,<root>}`` / ``${lmv.num_classes_in:jsonl,<path>}``;
-    for ``webdataset``, ``where`` is the shard pattern(s) and ``members`` the member mapping."""
-    if kind == "image_folder":
+    for ``webdataset``, ``where`` is the shard pattern(s) and ``members`` the member mapping;
+    for ``hf``, ``classes`` is the label column and ``members`` the revision.
+
+    Reads no data once counted: see :mod:`lmvision.data.class_cache` (``cache_dir`` is where
+    the count is kept when the data's folder is not writable)."""
+    from omegaconf import OmegaConf
+
+    from lmvision.data.class_cache import absolute, cached_classes, hf_classes
+
+    where, classes, members = [OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                               for v in (where, classes, members)]
+    if kind == "image_folder":  # a folder listing: checking a cache would list it too
         return len(folder_classes(where))
     if kind == "jsonl":
-        return len(jsonl_classes(where, list(classes) if classes else None))
-    if kind == "hf":  # `classes` is the label column (loads the dataset: datasets memory-maps it)
-        from lmvision.data.hf import num_classes as hf_num_classes
-
-        return hf_num_classes(where, str(classes or "label"))
+        given = [str(c) for c in classes] if classes else None
+        return len(cached_classes("jsonl", {"path": absolute(where), "classes": given}, [where],
+                                  lambda: jsonl_classes(where, given), cache_dir))
+    if kind == "hf":
+        return len(hf_classes(str(where), str(classes or "label"), members, cache_dir))
     if kind == "coco_captions":  # `where` is the labels file (or null)
-        return len(coco_classes(where if where not in (None, "None", "null") else None))
+        if where in (None, "None", "null", ""):
+            return len(coco_classes(None))
+        return len(cached_classes("coco_captions", {"labels_file": absolute(where)}, [where],
+                                  lambda: coco_classes(where), cache_dir))
     if kind == "webdataset":
-        from omegaconf import OmegaConf
+        from lmvision.data import tar_shards
 
-        from lmvision.data.tar_shards import read_index
-
-        plain = [OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
-                 for v in (where, classes, members)]
-        return len(read_index(plain[0], plain[2], list(plain[1]) if plain[1] else None).classes)
+        patterns = tar_shards.split_patterns(where)
+        files = [f for split, pattern in patterns.items() for f in tar_shards.shard_files(
+            pattern, "data.shards" if split == "all" else f"data.shards.{split}")]
+        listed = tar_shards.classes_file(files)  # classes.txt: its stamp, or its absence
+        given = [str(c) for c in classes] if classes else None
+        key = {"shards": {split: [absolute(p) for p in ([p] if isinstance(p, str) else p)]
+                          for split, p in patterns.items()},
+               "members": tar_shards.members_of(members), "classes": given}
+        return len(cached_classes(
+            "webdataset", key, files + ([listed] if listed.is_file() else []),
+            lambda: tar_shards.read_index(where, members, list(classes) if classes else None)
+            .classes, cache_dir))
     raise UserError(f"lmv.num_classes_in knows image_folder, jsonl, hf, coco_captions and "
                     f"webdataset, not {kind!r}")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from lmvision.data.protocol import DatasetBase
 
 from lmvision.errors import UserError
 
@@ -46,13 +46,16 @@ def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, list[int]]:
     return data, labels
 
 
-class CifarDataset(Dataset):
+class CifarDataset(DatasetBase):
     """Args:
         root: The folder holding torchvision's CIFAR folder.
         variant: ``cifar10`` or ``cifar100``.
         image_size: Side of the images served (32 native; others resized, bilinear).
         download: Fetch the files with torchvision first (needs a network).
     """
+
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("cifar", "root", "variant"),)
 
     channels = 3
     task = "multiclass"

@@ -1,5 +1,8 @@
-"""Class-level restrictions of the training data, shared by every strategy.
+"""How a dataset is split into train, val and test, and the class-level restrictions of the
+training data that every strategy gets.
 
+* **Splits**: the data's own (``split_indices``; val drawn from train when it has none) or
+  drawn from a permutation seeded by the run's seed alone.
 * **Held-out classes** (``data.holdout_classes``): classes removed from training and validation
   entirely, for zero-shot evaluation. Test keeps its items of every class (the same test set as
   without a holdout), so test reports seen, unseen and their harmonic mean.
@@ -15,6 +18,10 @@ from collections.abc import Sequence
 import torch
 
 from lmvision.errors import UserError
+
+
+class DataConfigError(UserError):
+    """Bad data options or bad data; raised before training starts."""
 
 MAX_DRAWS = 10_000  # seeded redraws of a holdout until every part of a class stays seen
 
@@ -103,3 +110,53 @@ def restrict_split(split: dict[str, torch.Tensor], labels: torch.Tensor, classes
         kept.append(items[torch.randperm(len(items), generator=generator)[:shots]])
     out["train"] = torch.cat(kept).sort().values
     return out
+
+
+def own_split(split: dict[str, torch.Tensor], val_fraction: float, seed: int) -> dict:
+    """The data's own split; without ``val``, a seeded ``val_fraction`` of train becomes val."""
+    out = {name: torch.as_tensor(index).sort().values for name, index in split.items()}
+    if "val" not in out:
+        train = out["train"]
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(int(seed)))
+        n_val = max(1, round(len(train) * val_fraction))
+        out["val"], out["train"] = train[perm[:n_val]].sort().values, train[perm[n_val:]].sort().values
+    for name in ("train", "val", "test"):
+        if not len(out[name]):
+            raise DataConfigError(f"the data's own {name} split is empty")
+    return out
+
+
+def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> dict:
+    """Indices of train/val/test drawn from a permutation seeded by ``seed`` alone."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return {
+        "test": perm[:n_test].sort().values,
+        "val": perm[n_test:n_test + n_val].sort().values,
+        "train": perm[n_test + n_val:].sort().values,
+    }
+
+
+def missing_classes(dataset: Dataset, split: dict, classes: list[str], task: str,
+                    held_out: Sequence[int] = ()) -> list[str]:
+    """One message per split that has no item of some class (single-label data only); the
+    ``held_out`` classes are absent from train and val on purpose."""
+    labels = dataset.labels
+    if task != "multiclass" or labels is None:
+        return []
+    labels = torch.as_tensor(labels)
+    messages = []
+    for name in ("train", "val", "test"):
+        present = set(labels[split[name]].tolist())
+        if name != "test":
+            present |= set(held_out)
+        absent = [c for i, c in enumerate(classes) if i not in present]
+        if absent:
+            shown = ", ".join(absent[:8]) + (", ..." if len(absent) > 8 else "")
+            messages.append(
+                f"the {name} split ({len(split[name])} items) has no example of {len(absent)} of "
+                f"{len(classes)} classes ({shown}); its metrics say nothing about them. Use more "
+                "data (e.g. data.num_images) or larger split fractions")
+    return messages
+
+

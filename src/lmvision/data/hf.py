@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from lmvision.data.protocol import DatasetBase
 
 from lmvision.errors import UserError
 
@@ -83,7 +83,7 @@ def num_classes(name: str, label: str = "label") -> int:
     return len(class_names(pieces, label))
 
 
-class HFDataset(Dataset):
+class HFDataset(DatasetBase):
     """Args:
         name: A hub name or a folder written by ``save_to_disk``.
         columns: Item key -> column (``image``, ``label``; ``caption``, ``text`` optional).
@@ -91,6 +91,9 @@ class HFDataset(Dataset):
         channels: 1 (grey) or 3 (RGB).
         revision: A hub revision.
     """
+
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("dataset", "name", "revision"),)
 
     task = "multiclass"
 

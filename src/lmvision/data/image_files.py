@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from lmvision.data.protocol import DatasetBase
 
 from lmvision.errors import UserError
 
@@ -90,7 +90,7 @@ def unreadable(path) -> str | None:
     return None
 
 
-class ImageFilesDataset(Dataset):
+class ImageFilesDataset(DatasetBase):
     """Items read from image files, with labels and optional strings.
 
     Args:

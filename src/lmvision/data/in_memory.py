@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
+from lmvision.data.protocol import DatasetBase
 
 
-class InMemoryDataset(Dataset):
+class InMemoryDataset(DatasetBase):
     """Item ``i`` is ``{"image": images[i], "label": labels[i], "caption": captions[i],
     "text": texts[i]}``; a subclass fills these four sequences (and ``classes``) in its
     constructor. The datamodule reads ``labels``, ``captions`` and ``texts`` whole, to validate

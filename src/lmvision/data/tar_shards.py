@@ -12,9 +12,9 @@ name per line), else the labels found (names sorted; numbers name themselves).
 
 :func:`read_index` reads every shard's member headers once and the small members (label,
 strings); images are read later by offset, so that any item can be loaded without unpacking a
-shard, and a loader worker can read its own shards front to back. A config resolver calls it
-while a config is composed (``data.num_classes``) and the dataset calls it again: the result
-is kept per process, keyed by the files' names, sizes and modification times.
+shard, and a loader worker can read its own shards front to back. The config resolver calls it
+to count classes once (``data.num_classes``, then kept beside the shards: ``class_cache``) and
+the dataset calls it: the result is kept per process, keyed by the files' stamps.
 """
 
 from __future__ import annotations

@@ -118,14 +118,14 @@ def lime(Lime, forward: Callable, x: torch.Tensor, targets: torch.Tensor,
     regression of the class score on which cells were shown, weighted by closeness to the
     whole image, gives each cell its weight. Seeded per image, so an image's map repeats itself
     whatever batch it is explained in."""
-    from captum._utils.models.linear_model import SkLearnRidge
+    from lmvision.compat import captum_ridge
 
     h, w = x.shape[-2:]
     rows = torch.arange(h, device=x.device) // side
     cols = torch.arange(w, device=x.device) // side
     cells = (rows[:, None] * ((w + side - 1) // side) + cols[None, :])  # (H, W) cell ids
     feature_mask = cells.expand(x.shape[1], h, w).unsqueeze(0)
-    explainer = Lime(forward, interpretable_model=SkLearnRidge(alpha=1.0))
+    explainer = Lime(forward, interpretable_model=captum_ridge(alpha=1.0))
     maps = []
     with torch.random.fork_rng(devices=[]):
         for i in range(len(x)):  # LIME fits one regression per image

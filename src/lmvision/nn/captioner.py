@@ -5,9 +5,11 @@ both decides and explains.
 
 The decoder is a GPT-2 built from a config (``decoder_name=None``) or any Hugging Face causal
 LM by hub name or local path, frozen or tuned. Decoding (greedy, beam search, nucleus
-sampling; with or without the KV cache) continues the prefix embeddings followed by BOS with
-:mod:`lmvision.nn.decoding`, so validation, test, ``lmvision-eval`` and ``lmvision-explain``
-share one implementation.
+sampling) continues the prefix embeddings followed by BOS with the decoder's own Hugging Face
+``generate`` and its KV cache (:func:`generate_after`), so validation, test, ``lmvision-eval``
+and ``lmvision-explain`` share one implementation. (The hand-written loop that also decodes
+without the cache is the baseline of the captioner speed study, in
+``experiments/captioner/decoding.py``.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 from torch import nn
 
 from lmvision.errors import UserError
-from lmvision.nn.decoding import CausalStep, beam_search, decode
+from lmvision.text.side import TextSide
+from lmvision.text.tokenizers import CausalFormat
 
 DECODINGS = ("greedy", "beam", "nucleus")
 
@@ -27,8 +30,9 @@ class Captioner(nn.Module):
     Args:
         image_encoder: A module with ``tokens(images) -> (B, N, D)`` and ``out_dim``.
         image_size, channels: The images' side and channels (to count the encoder's tokens).
-        tokenizer: The caption tokenizer (its size sets the vocabulary of a decoder built from
-            a config; a pretrained decoder's embeddings are resized to it when they differ; its
+        text: The run's text side (:class:`~lmvision.text.side.TextSide`), whose tokenizer is
+            the caption tokenizer (its size sets the vocabulary of a decoder built from a
+            config; a pretrained decoder's embeddings are resized to it when they differ; its
             start, end and padding ids are those of :class:`CausalFormat`).
         num_classes: Classes of the classification head (0: no head).
         decoder_name: A Hugging Face causal LM by name or path (``None``: GPT-2 from a config).
@@ -40,14 +44,15 @@ class Captioner(nn.Module):
         dropout: Dropout of the GPT-2 built from a config.
     """
 
-    def __init__(self, image_encoder: nn.Module, image_size: int, channels: int, tokenizer,
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("model", "decoder_name", None),)
+
+    def __init__(self, image_encoder: nn.Module, image_size: int, channels: int, text: TextSide,
                  num_classes: int = 0, decoder_name: str | None = None,
                  freeze_decoder: bool = False, dim: int = 128, depth: int = 2, heads: int = 4,
                  max_length: int = 64, mapping_hidden: int = 256, dropout: float = 0.1) -> None:
         super().__init__()
-        from lmvision.text.tokenizers import CausalFormat
-
-        fmt = tokenizer if isinstance(tokenizer, CausalFormat) else CausalFormat(tokenizer)
+        fmt = CausalFormat(text.tokenizer)
         bos_id, eos_id, pad_id = fmt.bos_id, fmt.eos_id, fmt.pad_id
         self.image_encoder = image_encoder
         self.num_prefix = count_tokens(image_encoder, image_size, channels)
@@ -99,25 +104,62 @@ class Captioner(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, decoding: str = "greedy", max_length: int | None = None,
                  num_beams: int = 4, top_p: float = 0.9, temperature: float = 1.0,
-                 use_cache: bool = True, min_length: int = 0) -> torch.Tensor:
+                 min_length: int = 0) -> torch.Tensor:
         """Generated caption ids (B, T) after BOS, up to EOS (then padding); at most
         ``max_length`` tokens (default: the longest caption the decoder was built for), at
-        least ``min_length`` (EOS is held back until then; e.g. to time fixed lengths)."""
+        least ``min_length`` (EOS is held back until then; e.g. to time fixed lengths).
+        Decoded by :func:`generate_after` (Hugging Face ``generate``, with the KV cache)."""
         if decoding not in DECODINGS:
             raise UserError(f"decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
         tokens, _ = self.encode(images)
-        prefix = self.prefix(tokens)
-        bos = self.decoder.get_input_embeddings()(
-            torch.full((len(images), 1), self.bos_id, dtype=torch.long, device=images.device))
-        embeds = torch.cat([prefix, bos], 1)
-        step = CausalStep(self.decoder)
-        embed = self.decoder.get_input_embeddings()
-        common = {"eos_id": self.eos_id, "pad_id": self.pad_id, "min_new": min_length,
-                  "max_new": max_length or self.max_length - 1, "use_cache": use_cache}
-        if decoding == "beam":
-            return beam_search(step, embeds, embed, num_beams=num_beams, **common)
-        return decode(step, embeds, embed, greedy=decoding == "greedy", top_p=top_p,
-                      temperature=temperature, **common)
+        return generate_after(self.decoder, self.prefix(tokens), self.bos_id, self.eos_id,
+                              self.pad_id, max_new=max_length or self.max_length - 1,
+                              decoding=decoding, min_new=min_length, num_beams=num_beams,
+                              top_p=top_p, temperature=temperature)
+
+
+@torch.no_grad()
+def generate_after(decoder: nn.Module, prefix: torch.Tensor, bos_id: int, eos_id: int,
+                   pad_id: int, max_new: int, decoding: str = "greedy", min_new: int = 0,
+                   num_beams: int = 4, top_p: float = 0.9, temperature: float = 1.0
+                   ) -> torch.Tensor:
+    """The tokens a Hugging Face causal LM ``decoder`` writes after the embeddings ``prefix``
+    (B, N, D) followed by BOS's, decoded by its ``generate`` (with the KV cache).
+
+    ``greedy``: ``do_sample=False, num_beams=1``; ``beam``: ``num_beams`` beams with Hugging
+    Face's defaults (length penalty 1, ``early_stopping=False``); ``nucleus``: sampling with
+    ``temperature`` and ``top_p`` (no top-k). EOS is held back for the first ``min_new``
+    tokens. The settings that change what is decoded are all passed, so a pretrained
+    decoder's own generation config (its sampling, penalties or lengths) does not apply.
+
+    Returns (B, T) new token ids (for ``inputs_embeds`` alone, a decoder-only model's
+    ``generate`` returns only the tokens it wrote, in transformers 4.x and 5.x), the end token
+    included, ``pad_id`` after it; T is at most ``max_new`` and shorter when every row has
+    ended.
+    """
+    if decoding not in DECODINGS:
+        raise UserError(f"decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
+    bos = decoder.get_input_embeddings()(
+        torch.full((prefix.shape[0], 1), bos_id, dtype=torch.long, device=prefix.device))
+    embeds = torch.cat([prefix, bos], 1)
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    if decoding == "nucleus":
+        how = {"do_sample": True, "num_beams": 1, "top_k": 0, "top_p": top_p,
+               "temperature": temperature}
+    elif decoding == "beam":
+        how = {"do_sample": False, "num_beams": num_beams, "length_penalty": 1.0,
+               "early_stopping": False}
+    else:
+        how = {"do_sample": False, "num_beams": 1}
+    ids = decoder.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new,
+                           min_new_tokens=min_new, bos_token_id=bos_id, eos_token_id=eos_id,
+                           pad_token_id=pad_id, use_cache=True, num_return_sequences=1,
+                           repetition_penalty=1.0, no_repeat_ngram_size=0,
+                           return_dict_in_generate=False, **how)
+    # beam search pads finished hypotheses with EOS when the pad id is 0 (transformers 5 fills
+    # with ``pad_token_id or eos_token_id``): padding after the first EOS is always ``pad_id``
+    is_end = (ids == eos_id).long()
+    return ids.masked_fill(is_end.cumsum(1) - is_end > 0, pad_id)
 
 
 def count_tokens(encoder: nn.Module, image_size: int, channels: int) -> int:

@@ -18,9 +18,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lmvision.errors import UserError
-from lmvision.nn.text_encoders import pool
+from lmvision import checks
 from lmvision.nn.feature_cache import TextFeatureCache
+from lmvision.nn.text_encoders import pool
+from lmvision.text.side import TextSide
 
 MODES = ("fused", "image_only", "text_only")
 
@@ -52,12 +53,15 @@ class FusionClassifier(nn.Module):
     a share of the training examples: a learned "no text" vector stands in for it.
 
     Inputs (a dict, e.g. the batch): ``image`` (B, C, H, W); and either ``text_ids`` /
-    ``text_mask`` (B, L), or, once :meth:`cache_text_features` has run for a frozen text
-    encoder, ``index`` (B,), the items' positions in the dataset.
+    ``text_mask`` (B, L), or ``index`` (B,), the items' positions in the dataset: a frozen text
+    encoder encodes every distinct text of the data once, when first asked, and looks the
+    features up by index.
 
     Args:
         image_encoder: Image encoder (``forward``, ``tokens``, ``out_dim``).
-        text_encoder: Text encoder (``forward``, ``tokens``, ``out_dim``, ``pooling``, ``frozen``).
+        text: The run's text side (:class:`~lmvision.text.side.TextSide`): its text encoder
+            (``forward``, ``tokens``, ``out_dim``, ``pooling``, ``frozen``), its tokenizer and
+            the items' strings.
         fusion: Builds the fusion: ``fusion(image_dim=..., text_dim=...)``.
         head: Builds the head: ``head(in_dim=..., out_dim=num_classes)``.
         num_classes: Number of classes (or tags).
@@ -65,15 +69,14 @@ class FusionClassifier(nn.Module):
         modality_dropout: Probability of hiding an example's text during training, in [0, 1).
     """
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module,
+    def __init__(self, image_encoder: nn.Module, text: TextSide,
                  fusion: Callable[..., nn.Module], head: Callable[..., nn.Module], num_classes: int,
                  mode: str = "fused", modality_dropout: float = 0.0) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise UserError(f"strategy.net.mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not 0.0 <= modality_dropout < 1.0:
-            raise UserError(f"strategy.net.modality_dropout must be in [0, 1), got {modality_dropout}")
-        self.mode, self.modality_dropout = mode, modality_dropout
+        self.mode = checks.choice("mode", mode, MODES)
+        self.modality_dropout = checks.number("modality_dropout", modality_dropout, 0.0, 1.0,
+                                              high_open=True)
+        text_encoder = text.encoder()
         self.image_encoder = image_encoder if mode != "text_only" else None
         self.text_encoder = text_encoder if mode != "image_only" else None
         image_dim, text_dim = image_encoder.out_dim, text_encoder.out_dim
@@ -89,6 +92,7 @@ class FusionClassifier(nn.Module):
         else:
             self.register_buffer("null_text", null_text)
         self.text_cache: TextFeatureCache | None = None
+        self._text = text
 
     @property
     def needs_tokens(self) -> bool:
@@ -98,13 +102,19 @@ class FusionClassifier(nn.Module):
     def reads_text(self) -> bool:
         return self.text_encoder is not None
 
-    def cache_text_features(self, texts: list[str], tokenizer, max_length: int) -> None:
-        """Encode the text of every dataset item once (a frozen encoder only); afterwards the
-        inputs need ``index`` instead of ``text_ids``/``text_mask``."""
+    def cached_text(self) -> TextFeatureCache | None:
+        """The features of every item's text, computed once, on the encoder's device, when the
+        text encoder is frozen (``None`` when it learns)."""
         if self.text_encoder is None or not self.text_encoder.frozen:
-            return
-        self.text_cache = TextFeatureCache(self.text_encoder, tokenizer, texts,
-                                           with_tokens=self.needs_tokens, max_length=max_length)
+            return None
+        device = next(self.text_encoder.parameters()).device
+        if self.text_cache is None or self.text_cache.pooled.device != device:
+            # normal tensors even under inference mode: a later training step reads them
+            with torch.inference_mode(False), torch.no_grad():
+                self.text_cache = TextFeatureCache(
+                    self.text_encoder, self._text.tokenizer, self._text.strings(),
+                    with_tokens=self.needs_tokens, max_length=self._text.max_length)
+        return self.text_cache
 
     def forward(self, inputs: dict[str, torch.Tensor],
                 text_present: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,8 +143,9 @@ class FusionClassifier(nn.Module):
     def text_features(self, inputs: dict[str, torch.Tensor],
                       present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """``text`` (B, Dt) and, for token fusions, ``text_tokens`` (B, L, Dt) / ``text_mask``."""
-        if self.text_cache is not None:
-            feats = self.text_cache.lookup(inputs["index"])
+        cache = self.cached_text() if "index" in inputs else None
+        if cache is not None:
+            feats = cache.lookup(inputs["index"])
         else:
             ids, mask = inputs["text_ids"], inputs["text_mask"]
             tokens = self.text_encoder.tokens(ids, mask)  # (B, L, Dt)

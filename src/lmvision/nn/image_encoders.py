@@ -69,6 +69,9 @@ class TorchvisionEncoder(nn.Module):
         **kwargs: Passed to ``torchvision.models.get_model``.
     """
 
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("torchvision_weights", "weights", None),)
+
     def __init__(self, name: str, weights: str | None = None, in_channels: int = 3,
                  image_size: int = 224, small_input: bool = False, **kwargs) -> None:
         super().__init__()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmvision.errors import UserError
-from lmvision.nn.decoding import pick
+from lmvision.nn.sampling import pick
 
 ATTENTIONS = ("sdpa", "naive")
 # per model, the CUDA graph of its cached step and the cache it writes, kept between calls
@@ -384,3 +384,14 @@ class PixelGPT(nn.Module):
         if size <= KEEP_GRAPH_BYTES:  # nothing kept refers to the model, which can still be freed
             _GRAPHS.setdefault(self, {})[compiled] = (key, replay, cache)
         return replay, cache
+
+
+def cuda_graph_replay(model: PixelGPT, compiled: bool = False):
+    """The CUDA graph of ``model``'s cached step that :meth:`PixelGPT.generate` kept (of its
+    compiled step with ``compiled``), as ``replay(token, at) -> logits``: one step for the
+    (rows,) ``token`` at position ``at``; the logits are overwritten by the next replay. Raises
+    KeyError when none is kept (no GPU, not sampled yet, capture failed, or a large cache)."""
+    held = _GRAPHS.get(model, {}).get(compiled)
+    if held is None:
+        raise KeyError(f"no CUDA graph kept for this model's {'compiled ' * compiled}step")
+    return held[1]

@@ -4,8 +4,9 @@ An image encoder's features are projected into a text encoder's space; each clas
 by several texts (``lmvision.text.descriptions``), which the text encoder turns into vectors.
 A plain ``nn.Module``, usable without Lightning:
 
-    net = PrototypeClassifier(SmallCNN(), text_encoder)
-    net.set_descriptions(texts, owners, tokenizer)       # owners[i]: class of texts[i]
+    text = TextSide("text", tokenizer, make_encoder=encoder_factory, descriptions=descriptions,
+                    classes=classes)                     # lmvision.text.side
+    net = PrototypeClassifier(SmallCNN(), text)
     logits = net({"image": images})                      # (B, K)
 """
 
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmvision.errors import UserError
+from lmvision import checks
+from lmvision.text.side import TextSide
 
 SCORINGS = ("mean_prototype", "mean_score")
 MAX_LOGIT_SCALE = math.log(100.0)  # temperature at least 0.01, as CLIP
@@ -36,24 +38,24 @@ class PrototypeClassifier(nn.Module):
 
     Args:
         image_encoder: Image encoder (``forward(images) -> (B, Di)``, ``out_dim``).
-        text_encoder: Text encoder (``forward(ids, mask) -> (B, Dt)``, ``out_dim``, ``frozen``).
+        text: The run's text side (:class:`~lmvision.text.side.TextSide`): its text encoder
+            (``forward(ids, mask) -> (B, Dt)``, ``out_dim``, ``frozen``), tokenizer, class names
+            and class descriptions (matched to the classes by name, in class order).
         scoring: ``mean_prototype`` or ``mean_score``.
         hidden_dim: Width of a hidden layer in the projection (``None``: one linear layer).
         init_temperature: Initial softmax temperature of the cosine logits.
         learn_temperature: Learn the temperature (else keep it fixed).
     """
 
-    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module,
+    def __init__(self, image_encoder: nn.Module, text: TextSide,
                  scoring: str = "mean_prototype", hidden_dim: int | None = None,
                  init_temperature: float = 0.07, learn_temperature: bool = True) -> None:
         super().__init__()
-        if scoring not in SCORINGS:
-            raise UserError(f"strategy.net.scoring must be one of {', '.join(SCORINGS)}, "
-                            f"got {scoring!r}")
-        if hidden_dim is not None and (isinstance(hidden_dim, bool) or hidden_dim < 1):
-            raise UserError(f"strategy.net.hidden_dim must be null or at least 1, got {hidden_dim}")
-        if not init_temperature > 0:
-            raise UserError(f"strategy.net.init_temperature must be > 0, got {init_temperature}")
+        scoring = checks.choice("scoring", scoring, SCORINGS)
+        if hidden_dim is not None:
+            hidden_dim = checks.whole_number("hidden_dim", hidden_dim)
+        checks.number("init_temperature", init_temperature, low=0.0, low_open=True)
+        text_encoder = text.encoder()
         self.image_encoder, self.text_encoder, self.scoring = image_encoder, text_encoder, scoring
         dim_in, dim_out = image_encoder.out_dim, text_encoder.out_dim
         if hidden_dim:
@@ -66,22 +68,20 @@ class PrototypeClassifier(nn.Module):
             self.logit_scale = nn.Parameter(scale)
         else:
             self.register_buffer("logit_scale", scale)
-        self.num_classes = 0
-        self._descriptions: dict[str, torch.Tensor] | None = None
-        self._frozen_features: torch.Tensor | None = None
-
-    def set_descriptions(self, texts: list[str], owners: list[int], tokenizer,
-                         max_length: int = 64) -> None:
-        """The descriptions to score against: ``texts[i]`` describes class ``owners[i]``."""
-        if not texts or len(texts) != len(owners):
-            raise UserError("PrototypeClassifier needs at least one description, with one class "
-                            "index per description")
-        enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        self.num_classes = max(owners) + 1
+        # the descriptions to score against: text ``texts[i]`` describes class ``owners[i]``
+        texts, owners = described_classes(text)
+        enc = text.tokenizer(texts, padding=True, truncation=True, max_length=text.max_length,
+                             return_tensors="pt")
+        self.num_classes = len(text.classes)
+        self.description_texts = texts
         self._descriptions = {"ids": enc["input_ids"], "mask": enc["attention_mask"],
                               "owners": torch.as_tensor(owners)}
-        self._frozen_features = None
+        self._frozen_features: torch.Tensor | None = None
+
+    @property
+    def description_owners(self) -> torch.Tensor:
+        """(M,) the class of each description."""
+        return self._descriptions["owners"]
 
     @property
     def scale(self) -> torch.Tensor:
@@ -89,8 +89,6 @@ class PrototypeClassifier(nn.Module):
 
     def description_features(self) -> torch.Tensor:
         """(M, Dt) normalised vectors of every description."""
-        if self._descriptions is None:
-            raise RuntimeError("call set_descriptions() before scoring images")
         device = self.projection_device()
         frozen = self.text_encoder.frozen
         if frozen and self._frozen_features is not None and self._frozen_features.device == device:
@@ -134,3 +132,21 @@ class PrototypeClassifier(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.score(self.image_features(inputs["image"]))  # (B, K)
+
+
+def described_classes(text: TextSide) -> tuple[list[str], list[int]]:
+    """Every description of ``text`` and the index of its class; the descriptions must be those
+    of the data's classes, in the same order (``ValueError`` naming ``text`` otherwise)."""
+    descriptions = text.descriptions
+    if descriptions is None:
+        raise checks.ArgumentError("text", "classification by description needs class "
+                                           "descriptions (descriptions=)")
+    named = list(descriptions.by_class)
+    if named != list(text.classes):
+        raise checks.ArgumentError(
+            "text", f"the descriptions' classes ({', '.join(named[:5])}, ...) are not the "
+                    f"data's ({', '.join(text.classes[:5])}, ...) in the same order")
+    texts, owners = descriptions.flat()
+    if not texts:
+        raise checks.ArgumentError("text", "no class has a description")
+    return texts, owners

@@ -101,6 +101,10 @@ def pretrained(tokenizer, name_or_path: str, pooling: str = "mean", freeze: str 
     return TransformerTextEncoder(model, pooling=pooling, freeze=freeze, last_n=last_n)
 
 
+# what lmvision-prefetch fetches for a node built by this function (see its Item kinds)
+pretrained.downloads = (("model", "name_or_path", None),)  # type: ignore[attr-defined]
+
+
 def scratch_bert(tokenizer, dim: int = 128, depth: int = 2, heads: int = 4,
                  intermediate_size: int = 256, max_length: int = 128, dropout: float = 0.1,
                  pooling: str = "mean") -> TransformerTextEncoder:

@@ -25,24 +25,22 @@ class RunState(Callback):
     Args:
         config: The run's config (unresolved), as plain containers.
         choices: The option chosen in each config group.
+        text: The run's text side (:class:`~lmvision.text.side.TextSide`), whose tokenizer and
+            descriptions are stored; ``None`` for a run that reads no text.
     """
 
-    def __init__(self, config: dict, choices: dict) -> None:
-        self.config = config
-        self.choices = choices
+    def __init__(self, config: dict, choices: dict, text=None) -> None:
+        self.config, self.choices, self.text = config, choices, text
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["lmvision_config"] = self.config
         checkpoint["lmvision_choices"] = self.choices
-        tokenizer = getattr(pl_module, "tokenizer", None)
-        if tokenizer is not None:
-            checkpoint["lmvision_tokenizer"] = tokenizer_state(tokenizer)
-        datamodule = getattr(trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "class_split"):  # zero-shot runs
-            checkpoint["lmvision_unseen_classes"] = datamodule.class_split["unseen_classes"]
-        descriptions = getattr(pl_module, "descriptions", None)
-        if descriptions is not None:  # what the run trained with (a language model's text too)
-            checkpoint["lmvision_descriptions"] = descriptions.state()
+        if self.text is not None:
+            checkpoint["lmvision_tokenizer"] = tokenizer_state(self.text.tokenizer)
+            if self.text.descriptions is not None:  # what the run trained with (an LM's text too)
+                checkpoint["lmvision_descriptions"] = self.text.descriptions.state()
+        # zero-shot runs: the classes held out of training
+        checkpoint["lmvision_unseen_classes"] = trainer.datamodule.class_split["unseen_classes"]
 
     def state_dict(self) -> dict[str, Any]:
         # plain types and tensors only: Lightning loads checkpoints with torch.load(weights_only=True)

@@ -38,6 +38,36 @@ def read(path: str | Path, option: str) -> dict[str, Any]:
     return checkpoint
 
 
+def restore_network(path: str | Path, option: str, strategy: str):
+    """The network of the checkpoint at ``path``, built from the config stored in it and loaded
+    with its weights, in eval mode; and that config (an OmegaConf ``DictConfig``).
+
+    Args:
+        path: The checkpoint.
+        option: The option that names it (for messages).
+        strategy: The strategy class (``_target_``) that must have written it.
+    """
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    import lmvision.config  # noqa: F401  (the resolvers a stored config may use)
+
+    checkpoint = read(path, option)
+    config = OmegaConf.create(checkpoint.get("lmvision_config") or {})
+    written_by = OmegaConf.select(config, "strategy._target_")
+    if written_by != strategy:
+        raise UserError(f"{option}={path}: expected a checkpoint of {strategy.rsplit('.', 1)[-1]}, "
+                        f"got one of {written_by}")
+    net = instantiate(config.strategy.net)
+    problems = mismatches({k[len(NET):]: v for k, v in checkpoint["state_dict"].items()
+                           if k.startswith(NET)}, net.state_dict())
+    if problems:
+        raise UserError(f"{option}={path}: its weights do not fit its own config ({problems})")
+    net.load_state_dict({k[len(NET):]: v for k, v in checkpoint["state_dict"].items()
+                         if k.startswith(NET)})
+    return net.eval(), config
+
+
 def strategy_of(checkpoint: dict) -> str | None:
     """The strategy class (``_target_``) that wrote ``checkpoint``, when lmvision wrote it."""
     config = checkpoint.get("lmvision_config") or {}

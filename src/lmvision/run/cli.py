@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from lmvision import compat
 from lmvision.errors import message_of, user_error_in
 
 # What the run raised, kept for `main` to report once Hydra has returned. (Letting it escape
@@ -111,21 +112,9 @@ def processes_join_this_job() -> None:
 
 
 def spare_this_process_when_a_child_fails() -> None:
-    try:
-        from lightning_fabric.strategies.launchers import subprocess_script
-    except ImportError:
-        return
-    observer = getattr(subprocess_script, "_ChildProcessObserver", None)
-    if observer is None or getattr(observer, "_lmvision_spares_main", False) or \
-            not hasattr(observer, "_terminate_all"):
-        return
-
-    def terminate_children(self) -> None:
-        for child in self._child_processes:
-            child.send_signal(self._termination_signal)
-
-    observer._terminate_all = terminate_children
-    observer._lmvision_spares_main = True
+    """Lightning's watcher of a job's DDP processes ends only them when one fails, not this
+    process too (see :func:`lmvision.compat.spare_main_process_when_a_child_fails`)."""
+    compat.spare_main_process_when_a_child_fails()
 
 
 def end_process_group(environment: dict[str, str]) -> None:
@@ -133,19 +122,7 @@ def end_process_group(environment: dict[str, str]) -> None:
     group and give back the environment the job started with. Lightning leaves ``LOCAL_RANK``,
     ``WORLD_SIZE``, ``MASTER_PORT``... in it when it starts processes; the next job would read
     them as "started by a launcher" and wait for processes that never come."""
-    import subprocess
-    import threading
-
-    for thread in threading.enumerate():
-        children = getattr(thread, "_child_processes", None)
-        if type(thread).__name__ != "_ChildProcessObserver" or children is None:
-            continue
-        for child in children:
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        thread._finished = True
+    compat.finish_child_process_observers(timeout=60)
     if "torch" in sys.modules:
         import torch.distributed as dist
 

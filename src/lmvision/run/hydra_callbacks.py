@@ -2,8 +2,9 @@
 
 * :class:`RunDirGuard` refuses, before Hydra writes anything, a run pointed at a directory that
   holds another run. A training run given ``ckpt_path`` of a run continues in that run's
-  directory, keeps the first ``.hydra`` config and writes its own beside it
-  (``.hydra/resume-<n>/``).
+  directory and keeps its first ``.hydra`` config: Hydra writes nothing there, and the run
+  session writes this restart's config beside it (``.hydra/resume-<n>/``) once the resume is
+  accepted (a refused resume leaves the directory as it was).
 * :class:`SweepGuard` refuses a sweep whose directory already holds the runs of a sweep
   (except an Optuna search continuing its study: its jobs are named by trial number).
 
@@ -25,7 +26,8 @@ from lmvision.run.cli import exit_with_error
 from lmvision.errors import UserError
 from lmvision.files import read_json
 from lmvision.ranks import is_rank_zero
-from lmvision.run.record import claim_run_dir, run_of
+from lmvision.run.record import run_of
+from lmvision.run.resume import claim_run_dir
 
 
 class RunDirGuard(Callback):
@@ -43,13 +45,9 @@ class RunDirGuard(Callback):
             resuming = claim_run_dir(run_dir, job_type, config.get("ckpt_path"))
         except UserError as err:  # Hydra turns a callback's Exception into a mere warning
             exit_with_error(str(err))
-        subdir = config.hydra.output_subdir
-        if resuming and subdir is not None and (run_dir / subdir / "config.yaml").is_file():
-            n = 1
-            while (run_dir / subdir / f"resume-{n}").exists():
-                n += 1
+        if resuming:  # the session writes .hydra/resume-<n>/ once the resume is accepted
             with read_write(config.hydra), open_dict(config.hydra):
-                config.hydra.output_subdir = f"{subdir}/resume-{n}"
+                config.hydra.output_subdir = None
 
 
 class SweepGuard(Callback):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import netrc
 import os
 from collections.abc import Sequence
@@ -11,8 +10,8 @@ from urllib.parse import urlparse
 
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning import loggers as pl_loggers
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
+from lmvision import compat
 from lmvision.errors import UserError
 from lmvision.ranks import is_rank_zero
 
@@ -101,18 +100,9 @@ class CSVLogger(pl_loggers.CSVLogger):
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> "_ContinuedWriter":
-        if self._experiment is None:
-            os.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuedWriter(log_dir=self.log_dir)
-        return self._experiment
-
-
-class _ContinuedWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:  # Lightning's version deletes metrics.csv
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+    def experiment(self):
+        """The CSV writer: :func:`lmvision.compat.continued_csv_experiment`."""
+        return compat.continued_csv_experiment(self)
 
 
 def finish_wandb(trainer) -> None:

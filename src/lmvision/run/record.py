@@ -14,80 +14,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 from lmvision.errors import Preempted, UserError, message_of
 from lmvision.files import read_json, write_json
 from lmvision.ranks import is_rank_zero
+from lmvision.run.provenance import git_info, package_versions, slurm_job
 
-PACKAGES = ("lmvision", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "transformers",
-            "hydra-core", "omegaconf", "wandb", "numpy", "scikit-learn", "timm")
+
 def run_of(ckpt_path: str | None) -> Path | None:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/x.ckpt``, with ``<run>/run.json``)."""
     if not ckpt_path:
         return None
     run = Path(str(ckpt_path)).expanduser().resolve().parent.parent
     return run if (run / "run.json").is_file() else None
-
-
-def slurm_job() -> dict[str, Any] | None:
-    """This process's SLURM job, from the variables SLURM sets (``None`` outside SLURM)."""
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
-        return None
-    job = {"job_id": job_id, "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)}
-    if os.environ.get("SLURM_ARRAY_JOB_ID"):
-        job["array"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
-    return job
-
-
-def requeued_checkpoint(run_dir: Path) -> tuple[bool, str | None]:
-    """Whether this process is a requeued SLURM job continuing the run in ``run_dir`` (its
-    run.json names the same SLURM job), and the checkpoint to resume from (``last.ckpt``; None
-    when the job was stopped before it saved one: the run starts over in its directory)."""
-    job = slurm_job()
-    record = read_json(Path(run_dir) / "run.json", None) or {}
-    earlier = record.get("slurm") or {}
-    if job is None or earlier.get("job_id") != job["job_id"]:
-        return False, None
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return True, str(last.resolve()) if last.is_file() else None
-
-
-def claim_run_dir(run_dir: Path, job_type: str, ckpt_path: str | None,
-                  same_job: bool = False) -> bool:
-    """Check that this run may write into ``run_dir``; True when it resumes the run there.
-
-    Raises a UserError when the directory holds another run's record (``run.json``) and this
-    run does not resume it (a training run whose ``ckpt_path`` lies inside that directory, or
-    ``same_job``: the same SLURM job, requeued), and when a training run would resume a run
-    somewhere else than in that run's directory.
-    """
-    own = run_of(ckpt_path) if job_type == "train" else None
-    if own is not None and own != Path(run_dir).resolve():
-        raise UserError(
-            f"ckpt_path={ckpt_path}: a resume continues its run, in {own}; leave hydra.run.dir "
-            "out (or set it to that directory), or start a new run from its weights with "
-            f"init_from={ckpt_path}")
-    record = Path(run_dir) / "run.json"
-    if not record.is_file():
-        return False
-    if own is not None or same_job:
-        return True
-    status = (read_json(record) or {"status": "unreadable"}).get("status", "unknown")
-    raise UserError(
-        f"{Path(run_dir).resolve()} already holds a run (run.json, status {status}); lmvision "
-        "never writes over another run: choose a new hydra.run.dir, or resume that run with "
-        f"ckpt_path={Path(run_dir).resolve() / 'checkpoints' / 'last.ckpt'}")
 
 
 def flat_metrics(*sources: dict) -> dict[str, float]:
@@ -104,49 +49,6 @@ def flat_metrics(*sources: dict) -> dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def git_info(start: Path | None = None) -> dict[str, Any]:
-    """Commit and dirty flag of the lmvision checkout (``None`` outside a git checkout)."""
-    where = str(start or Path(__file__).resolve().parent)
-    try:
-        commit = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit, "dirty": bool(status.strip())}
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def device_info(trainer) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "accelerator": type(trainer.accelerator).__name__,
-        "strategy": type(trainer.strategy).__name__,
-        "devices": trainer.num_devices,
-        "nodes": trainer.num_nodes,
-        "world_size": trainer.world_size,
-        "root_device": str(trainer.strategy.root_device),
-        "precision": str(trainer.precision),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "hostname": platform.node(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 class RunRecord:
     """Writes ``run.json`` and ``metrics.json`` of one run (only on the global rank 0 process).
 
@@ -158,10 +60,13 @@ class RunRecord:
         resumed_from: The checkpoint of the run in ``run_dir`` that this process resumes: the
             record there is continued (its first start kept, ``restarts`` counted) instead of
             being started anew.
+        monitor, monitor_mode: The selection metric and its direction (``max`` or ``min``), so
+            that a reader of records (``lmvision-compare``) knows which way is better.
     """
 
     def __init__(self, run_dir: Path, seed: int | None, job_type: str,
-                 choices: dict[str, str] | None = None, resumed_from: str | None = None) -> None:
+                 choices: dict[str, str] | None = None, resumed_from: str | None = None,
+                 monitor: str | None = None, monitor_mode: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = is_rank_zero()
         self.started = time.time()
@@ -178,6 +83,8 @@ class RunRecord:
             "python": platform.python_version(),
             "choices": choices or {},
             "slurm": slurm_job(),
+            "monitor": monitor,
+            "monitor_mode": monitor_mode,
         }
         if earlier:
             self.info = {**earlier, **{k: v for k, v in self.info.items() if k != "started_at"},
@@ -228,47 +135,6 @@ class RunRecord:
     def _write(self) -> None:
         if self.enabled:
             write_json(self.run_dir / "run.json", self.info)
-
-
-@contextmanager
-def recorded(record: RunRecord, trainer, datamodule, config: dict):
-    """Around a fit/test: log the config to every logger and note data and device in run.json;
-    on any error mark run.json failed (and re-raise), on a warning signal ``requeued``; always
-    close the W&B run."""
-    from lmvision.run.loggers import finish_wandb
-
-    try:
-        for logger in trainer.loggers:
-            logger.log_hyperparams(config)
-        if record.enabled:  # only rank 0 has a real W&B run (others hold a dummy)
-            record.update(data_fingerprint=getattr(datamodule, "fingerprint", None),
-                          data_warnings=getattr(datamodule, "split_warnings", []),
-                          class_split=getattr(datamodule, "class_split", None),
-                          device=device_info(trainer), wandb=wandb_info(trainer.loggers))
-        yield
-    except Preempted as stop:  # saved where it was; to be requeued and resumed
-        record.requeued(stop)
-        raise
-    except BaseException as err:
-        record.fail(err)
-        raise
-    finally:
-        finish_wandb(trainer)
-
-
-def wandb_info(loggers) -> dict[str, Any] | None:
-    """Id, mode and directory of the W&B run among ``loggers`` (``None`` without W&B)."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            run = logger.experiment
-            run_dir = Path(run.dir).parent if getattr(run, "dir", None) else None
-            return {"id": run.id, "project": run.project, "group": run.group,
-                    "mode": "offline" if run.offline else "online",
-                    "dir": str(run_dir) if run_dir else None,
-                    "url": getattr(run, "url", None)}
-    return None
 
 
 def print_summary(run_dir: Path, metrics: dict[str, float], monitor: str | None = None) -> None:

@@ -4,7 +4,8 @@ losses, the best value of the strategy's selection metric, and figures.
 A strategy adds its loss and its metrics by defining two methods:
 
 * ``step(batch, split) -> dict`` of losses for one batch (``"loss"`` is the one optimised);
-  it may update the strategy's metrics;
+  it may update the strategy's metrics, and it may add ``"outputs"``: a dict of the batch's
+  predictions, which ``test_step`` returns to the evaluation callbacks (``on_test_batch_end``);
 * ``epoch_metrics(split) -> dict`` of metrics for the finished epoch, named ``"<split>/<name>"``
   (computed across processes, then reset).
 
@@ -23,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from lmvision import checks
 from lmvision.errors import UserError
 from lmvision.strategies.optim import AdamW
 from lmvision.evaluation.figures import log_figure
@@ -44,11 +46,10 @@ class Strategy(pl.LightningModule):
     def __init__(self, net: nn.Module, optimizer=None, scheduler=None, monitor: str = "val/loss",
                  monitor_mode: str = "min") -> None:
         super().__init__()
-        if monitor_mode not in MODES:
-            raise UserError(f"strategy.monitor_mode must be 'max' or 'min', got {monitor_mode!r}")
+        checks.choice("monitor_mode", monitor_mode, MODES)
         if not str(monitor).startswith("val/"):
-            raise UserError(f"strategy.monitor={monitor!r}: the selection metric must be a "
-                            "validation metric (val/...)")
+            raise checks.ArgumentError("monitor", "the selection metric must be a validation "
+                                       "metric (val/...)", monitor)
         self.net = net
         self.optimizer = optimizer if optimizer is not None else AdamW()
         self.scheduler = scheduler
@@ -81,6 +82,7 @@ class Strategy(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.step(batch, "train")
+        losses.pop("outputs", None)
         size = batch_size(batch)
         for name, value in losses.items():
             self.log(f"train/{name}", value, on_step=True, on_epoch=True,
@@ -88,10 +90,15 @@ class Strategy(pl.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._add_losses("val", self.step(batch, "val"), batch_size(batch))
+        losses = self.step(batch, "val")
+        losses.pop("outputs", None)
+        self._add_losses("val", losses, batch_size(batch))
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._add_losses("test", self.step(batch, "test"), batch_size(batch))
+    def test_step(self, batch: dict, batch_idx: int) -> dict | None:
+        losses = self.step(batch, "test")
+        outputs = losses.pop("outputs", None)
+        self._add_losses("test", losses, batch_size(batch))
+        return outputs
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.epoch_metrics("train"), sync_dist=True)

@@ -3,7 +3,9 @@ task, accuracy and macro P/R/F1 per split, the confusion matrix and a grid of te
 When the datamodule holds classes out of training (``data.holdout_classes``), training scores
 only the seen classes and test adds the zero-shot metrics of :class:`HoldoutAccuracy`.
 The image-only baseline (``strategy=image_classifier``) is this class with an
-``ImageClassifier`` network; ``fusion.py`` adds what fusion needs on top.
+``ImageClassifier`` network; ``fusion.py``, ``aux_text.py`` and ``pixel_lm_finetune.py`` add what
+they need on top. At test, each batch's outputs (``logits`` and what :meth:`predict` adds) go to
+the evaluation callbacks (``on_test_batch_end``).
 """
 
 from __future__ import annotations
@@ -51,13 +53,18 @@ class ClassificationStrategy(Strategy):
             # label -> its column among the seen classes (the training loss has only those)
             self.register_buffer("seen_column", seen.long().cumsum(0) - 1, persistent=False)
 
+    def predict(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The network's outputs for a batch: ``logits`` (B, K), and what a strategy's own loss
+        or an evaluation callback reads besides (e.g. ``image_features``)."""
+        return {"logits": self.net(batch)}
+
     def logits(self, batch: dict) -> torch.Tensor:
         """(B, K) class scores of a batch."""
-        return self.net(batch)
+        return self.predict(batch)["logits"]
 
     def step(self, batch: dict, split: str) -> dict[str, torch.Tensor]:
-        logits = self.logits(batch)
-        labels = batch["label"]
+        outputs = self.predict(batch)
+        logits, labels = outputs["logits"], batch["label"]
         if self.task == "multilabel":
             loss = F.binary_cross_entropy_with_logits(logits, labels.float())
         elif split == "train" and self.holdout is not None:
@@ -69,9 +76,17 @@ class ClassificationStrategy(Strategy):
         else:
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         self.metrics[split].update(logits.detach(), self.targets(batch))
+        losses = self.more_losses(loss, outputs, batch, split)
         if split == "test":
             self.test_predictions(batch, logits.detach())
-        return {"loss": loss}
+            losses["outputs"] = {k: v.detach() for k, v in {**outputs, "logits": logits}.items()}
+        return losses
+
+    def more_losses(self, classification: torch.Tensor, outputs: dict, batch: dict,
+                    split: str) -> dict[str, torch.Tensor]:
+        """The losses of a batch given its classification loss: ``{"loss": classification}``
+        here; a strategy with a loss of its own adds it (and logs the parts)."""
+        return {"loss": classification}
 
     def targets(self, batch: dict) -> torch.Tensor:
         """Labels as the metrics take them (multi-hot tags as integers)."""

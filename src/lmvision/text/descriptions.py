@@ -298,6 +298,9 @@ class LanguageModelDescriptions:
         wait_seconds: How long a process of rank > 0 waits for rank 0's cache file.
     """
 
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("model", "name_or_path", "revision"),)
+
     def __init__(self, name_or_path: str, revision: str | None = None, prompt: str = DEFAULT_PROMPT,
                  num_per_class: int = 5, max_new_tokens: int = 48, do_sample: bool = True,
                  temperature: float = 0.7, top_k: int = 0, top_p: float = 0.95,

@@ -24,6 +24,9 @@ class PretrainedTokenizer:
         name_or_path: Hub model id or local directory (the same as the text encoder's).
     """
 
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("model", "name_or_path", None),)
+
     def __init__(self, name_or_path: str) -> None:
         self.name_or_path = str(name_or_path)
 
@@ -156,6 +159,9 @@ class CaptionTokenizer:
         vocab_size, save_dir: Of the learned WordPiece vocabulary (see
             :class:`WordPieceTokenizer`).
     """
+
+    # what lmvision-prefetch fetches for a node of this class: (kind, option, revision option)
+    downloads = (("model", "name_or_path", None),)
 
     def __init__(self, name_or_path: str | None = None, vocab_size: int = 400,
                  save_dir: str | None = None) -> None:

@@ -1,11 +1,14 @@
-"""Autoregressive decoding of a Hugging Face causal LM that continues given input embeddings:
-greedy, nucleus sampling and beam search, batched, with or without the KV cache.
+"""The captioner speed study's hand-written decoding loop: greedy, nucleus sampling and beam
+search of a Hugging Face causal LM that continues given input embeddings, batched, with or
+without the KV cache.
 
-Why not ``generate``: for a decoder-only model started from ``inputs_embeds`` (a captioner's
-image prefix), Hugging Face's ``generate`` always uses the cache (transformers 5 turns
-``use_cache=False`` back on), so decoding without it, the baseline the cache is measured
-against, cannot be had from it. Here both paths run the same loop and differ only in what
-the decoder reads at each step: the one new token and the cache, or the whole sequence.
+The product (:meth:`lmvision.nn.captioner.Captioner.generate`) decodes with Hugging Face's
+``generate``. This loop is kept only for the study's baseline: for a decoder-only model started
+from ``inputs_embeds`` (a captioner's image prefix), ``generate`` always uses the cache
+(transformers 5 turns ``use_cache=False`` back on), so decoding without it, the baseline the
+cache is measured against, cannot be had from it. Here both paths run the same loop and differ
+only in what the decoder reads at each step: the one new token and the cache, or the whole
+sequence. ``tests/test_decoding.py`` checks that it gives ``generate``'s captions.
 
 Output format (as ``generate``'s for ``inputs_embeds``): (B, T) new token ids, the end token
 included, padding after it; T is at most ``max_new`` and shorter when every row has ended.
@@ -19,26 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-
-def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, greedy: bool,
-         generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row of ``logits`` (B, V): greedy, or sampled with temperature, top-k and
-    nucleus (top-p) filtering."""
-    if greedy:
-        return logits.argmax(-1)
-    logits = logits.float() / max(temperature, 1e-6)
-    if top_k and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        ordered, index = logits.sort(-1, descending=True)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        drop = cumulative - ordered.softmax(-1) > top_p  # keep the smallest set reaching top_p
-        logits = logits.scatter(-1, index, ordered.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(-1)
-    if generator is not None and generator.device != probs.device:
-        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(probs.device)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+from lmvision.nn.sampling import pick
 
 
 class CausalStep:
@@ -174,3 +158,26 @@ def beam_search(step: CausalStep, embeds: torch.Tensor, embed_tokens: Callable, 
     best = ended.argmax(1)
     length = ended_length[rows[:, 0], best]
     return ended_tokens[rows[:, 0], best][:, :int(length.max())]
+
+
+@torch.no_grad()
+def hand_generate(net: nn.Module, images: torch.Tensor, decoding: str = "greedy",
+                  max_length: int | None = None, num_beams: int = 4, top_p: float = 0.9,
+                  temperature: float = 1.0, use_cache: bool = True,
+                  min_length: int = 0) -> torch.Tensor:
+    """A :class:`~lmvision.nn.captioner.Captioner`'s captions, as its ``generate`` gives them
+    (same arguments and output), decoded by this loop with or without the KV cache."""
+    if decoding not in ("greedy", "beam", "nucleus"):
+        raise ValueError(f"decoding {decoding!r}: choose one of greedy, beam, nucleus")
+    tokens, _ = net.encode(images)
+    prefix = net.prefix(tokens)
+    embed = net.decoder.get_input_embeddings()
+    bos = embed(torch.full((len(images), 1), net.bos_id, dtype=torch.long, device=images.device))
+    embeds = torch.cat([prefix, bos], 1)
+    step = CausalStep(net.decoder)
+    common = {"eos_id": net.eos_id, "pad_id": net.pad_id, "min_new": min_length,
+              "max_new": max_length or net.max_length - 1, "use_cache": use_cache}
+    if decoding == "beam":
+        return beam_search(step, embeds, embed, num_beams=num_beams, **common)
+    return decode(step, embeds, embed, greedy=decoding == "greedy", top_p=top_p,
+                  temperature=temperature, **common)
