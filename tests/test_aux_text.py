@@ -15,7 +15,9 @@ from lmvision.errors import UserError
 from lmvision.evaluate import evaluate
 from lmvision.nn.image_encoders import SmallCNN
 from lmvision.nn.prototypes import PrototypeClassifier
+from lmvision.text.descriptions import Descriptions
 from lmvision.text.hub import minilm_path
+from lmvision.text.side import TextSide
 from lmvision.text.tokenizers import PretrainedTokenizer
 from lmvision.train import train
 
@@ -26,25 +28,36 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+TEXTS = ["cat: pointy ears", "cat: whiskers", "dog: floppy ears", "bird: feathers", "bird: a beak"]
+OWNERS = [0, 0, 1, 2, 2]
+CLASSES = ("cat", "dog", "bird")
+
+
 @pytest.fixture(scope="module")
 def minilm():
+    """``text(freeze)``: a text side with the packaged MiniLM (frozen or tuned) and the
+    descriptions above, as the run session makes it."""
+    from functools import partial
+
     from lmvision.nn.text_encoders import pretrained
 
     tokenizer = PretrainedTokenizer(minilm_path())()
-    return tokenizer, lambda freeze: pretrained(tokenizer, minilm_path(), freeze=freeze)
+    by_class = {c: [t for t, o in zip(TEXTS, OWNERS) if o == k] for k, c in enumerate(CLASSES)}
 
+    def text(freeze: str) -> TextSide:
+        return TextSide("text", tokenizer,
+                        make_encoder=partial(pretrained, name_or_path=minilm_path(), freeze=freeze),
+                        descriptions=Descriptions(by_class), classes=CLASSES)
 
-TEXTS = ["cat: pointy ears", "cat: whiskers", "dog: floppy ears", "bird: feathers", "bird: a beak"]
-OWNERS = [0, 0, 1, 2, 2]
+    return text
 
 
 @pytest.mark.parametrize("scoring", ["mean_prototype", "mean_score"])
 def test_scores_are_cosines_with_prototypes_or_mean_description_scores(minilm, scoring):
-    tokenizer, encoder = minilm
     torch.manual_seed(0)
-    net = PrototypeClassifier(SmallCNN(in_channels=3), encoder("all"), scoring=scoring,
+    net = PrototypeClassifier(SmallCNN(in_channels=3), minilm("all"), scoring=scoring,
                               init_temperature=0.5).eval()
-    net.set_descriptions(TEXTS, OWNERS, tokenizer)
+    assert net.description_texts == TEXTS and net.description_owners.tolist() == OWNERS
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         logits = net({"image": images})
@@ -62,12 +75,9 @@ def test_scores_are_cosines_with_prototypes_or_mean_description_scores(minilm, s
 
 
 def test_a_frozen_text_encoder_encodes_the_descriptions_once(minilm):
-    tokenizer, encoder = minilm
-    text_encoder = encoder("all")
     calls = []
-    text_encoder.register_forward_hook(lambda *args: calls.append(1))
-    net = PrototypeClassifier(SmallCNN(in_channels=3), text_encoder)
-    net.set_descriptions(TEXTS, OWNERS, tokenizer)
+    net = PrototypeClassifier(SmallCNN(in_channels=3), minilm("all"))
+    net.text_encoder.register_forward_hook(lambda *args: calls.append(1))
     for _ in range(3):
         net({"image": torch.randn(2, 3, 16, 16)}).sum().backward()
     assert len(calls) == 1
@@ -76,9 +86,7 @@ def test_a_frozen_text_encoder_encodes_the_descriptions_once(minilm):
 
 
 def test_a_tuned_text_encoder_learns_from_the_image_loss(minilm):
-    tokenizer, encoder = minilm
-    net = PrototypeClassifier(SmallCNN(in_channels=3), encoder("none"), learn_temperature=False)
-    net.set_descriptions(TEXTS, OWNERS, tokenizer)
+    net = PrototypeClassifier(SmallCNN(in_channels=3), minilm("none"), learn_temperature=False)
     F.cross_entropy(net({"image": torch.randn(2, 3, 16, 16)}), torch.tensor([0, 2])).backward()
     grads = [p.grad for p in net.text_encoder.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
@@ -123,8 +131,7 @@ def test_the_checkpoint_carries_the_descriptions_it_was_trained_with(make_cfg, t
     assert checkpoint["lmvision_descriptions"]["phrases"] == {k: v[:2] for k, v in bank.items()}
     mine.unlink()
     overrides = [f"ckpt_path={best}"]
-    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"),
-                       overrides=overrides)
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"))
     assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
     assert read(tmp_path / "e" / "run.json")["descriptions"]["path"] == str(mine)
 
@@ -140,13 +147,14 @@ def test_the_caption_contrastive_loss(make_cfg):
 @pytest.mark.parametrize("freeze", ["all", "none"])
 def test_the_contrastive_term_is_clip_infonce_on_the_captions(make_cfg, freeze):
     """The term matches CLIP's symmetric InfoNCE between the batch's images and captions, read
-    from the cache (frozen encoder) or encoded from the batch's tokens (tuned encoder)."""
-    from lmvision.config.build import data_and_model
+    from the cache (frozen encoder) or encoded from the batch's captions, tokenised by the
+    strategy with the run's tokenizer (tuned encoder)."""
+    from lmvision.run.parts import build_parts
 
     cfg = make_cfg("strategy=aux_text", "data.num_images=120", "strategy.contrastive_weight=1.0",
-                   f"text_encoder.freeze={freeze}", "data.datamodule.tokenize_keys=[]")
-    datamodule, model = data_and_model(cfg)
-    assert model.text_keys == (() if freeze == "all" else ("caption",))
+                   f"text_encoder.freeze={freeze}")
+    datamodule, text, model = build_parts(cfg, {}, {})
+    assert model.text is text and text.tokenizer is datamodule.tokenizer
 
     class Trainer:
         pass
@@ -154,21 +162,19 @@ def test_the_contrastive_term_is_clip_infonce_on_the_captions(make_cfg, freeze):
     model.trainer = Trainer()
     model.trainer.datamodule = datamodule
     model.setup("fit")
-    if freeze == "all":  # what on_fit_start does for a frozen encoder: encode captions once
-        from lmvision.nn.feature_cache import TextFeatureCache
-
-        model._captions = TextFeatureCache(model.net.text_encoder, model.tokenizer,
-                                           datamodule.texts("caption"), with_tokens=False)
+    model.on_fit_start()  # a frozen encoder: the captions are encoded once, here
+    assert (model._captions is not None) == (freeze == "all")
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
-    assert ("caption_ids" in batch) == (freeze == "none")
+    # the network tokenises what it reads itself: batches carry the strings, no tokens
+    assert not {"caption_ids", "text_ids"} & set(batch) and len(batch["caption"]) == len(batch["image"])
     model.eval()  # no dropout: the two computations below see the same network
     with torch.no_grad():
         losses = model.step(batch, "val")
         images = model.net.image_features(batch["image"])
     strings = [datamodule.texts("caption")[i] for i in batch["index"].tolist()]
-    encoded = model.tokenizer(strings, padding=True, truncation=True, max_length=64,
-                              return_tensors="pt")
+    encoded = text.tokenizer(strings, padding=True, truncation=True, max_length=text.max_length,
+                             return_tensors="pt")
     with torch.no_grad():
         captions = F.normalize(model.net.text_encoder(encoded["input_ids"],
                                                       encoded["attention_mask"]), dim=-1)
@@ -180,7 +186,8 @@ def test_the_contrastive_term_is_clip_infonce_on_the_captions(make_cfg, freeze):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["data.target=attributes"], "needs single-label data"),
+    (["data.target=attributes"], "^data.task='multilabel': aux_text scores one class per image: "
+                                   "it needs single-label data$"),
     (["descriptions.path=digits"], "classes and descriptions must match one to one by name"),
     (["descriptions=class_name", "descriptions.templates=[]"], "at least one template"),
 ])
@@ -215,13 +222,11 @@ def test_eval_keeps_the_trained_holdout_and_can_ask_for_other_descriptions(make_
     # another seed draws other held-out classes: its "unseen" metrics would be meaningless
     overrides = [f"ckpt_path={best}", "seed=2"]
     with pytest.raises(UserError, match="trained with held-out classes"):
-        evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e1"),
-                 overrides=overrides)
+        evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e1"))
     assert read(tmp_path / "e1" / "run.json")["status"] == "failed"
     # the same checkpoint scored with the class-name control instead of its descriptions
     overrides = [f"ckpt_path={best}", "descriptions=class_name"]
-    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e2"),
-                       overrides=overrides)
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e2"))
     assert read(tmp_path / "e2" / "run.json")["descriptions"]["source"] == "class_name"
     assert ZERO_SHOT <= set(metrics)
 

@@ -9,13 +9,21 @@ import pytest
 import torch
 from torch import nn
 
+from lmvision.checks import ArgumentError
 from lmvision.data.collate import BatchCollator
 from lmvision.data.shapes import ShapesDataset
 from lmvision.errors import UserError
-from lmvision.evaluation.faithfulness import SALIENCY_METHODS, Faithfulness, mask_out, pointing_hits, saliency
+from lmvision.evaluation.caption_metrics import caption_scores, mentions
+from lmvision.evaluation.faithfulness import (
+    SALIENCY_METHODS,
+    Faithfulness,
+    mask_out,
+    pointing_hits,
+    saliency,
+)
 from lmvision.nn.captioner import Captioner
 from lmvision.nn.image_encoders import SmallCNN
-from lmvision.evaluation.caption_metrics import caption_scores, mentions
+from lmvision.text.side import TextSide
 from lmvision.text.tokenizers import (
     CausalFormat,
     WordPieceTokenizer,
@@ -76,20 +84,27 @@ def test_causal_format_pads_with_eos_when_there_is_no_pad_token():
     assert fmt.decode(enc["input_ids"][1, 1:]) == "a red circle in the top left"
 
 
-def test_the_collate_tokenises_caption_with_its_own_tokenizer():
+def test_the_collate_tokenises_the_field_the_run_reads_as_its_reader_reads_it():
     items = [{"image": torch.zeros(3, 4, 4), "label": 0, "text": "some side text",
               "caption": c, "references": [c, c.upper()], "mask": torch.ones(4, 4, dtype=torch.bool)}
              for c in CAPTIONS]
-    text_tok, caption_fmt = wordpiece(), CausalFormat(gpt2_style_tokenizer())
-    batch = BatchCollator(text_tok, 32, ("text", "caption"), {"caption": caption_fmt})(items)
-    assert batch["text_ids"][0, 0] == text_tok.cls_token_id
+    text_tok, caption_tok = wordpiece(), gpt2_style_tokenizer()
+    caption_fmt = CausalFormat(caption_tok)
+    # a captioner's run: the captions, as a causal decoder reads them; the side text stays text
+    batch = BatchCollator(caption_tok, 32, tokenize=("caption",), causal=True)(items)
     assert batch["caption_ids"][0, 0] == caption_fmt.bos_id != text_tok.cls_token_id
+    assert torch.equal(batch["caption_ids"], caption_fmt(CAPTIONS)["input_ids"])
+    assert "text_ids" not in batch and batch["text"] == ["some side text"] * 3
     assert batch["references"][2] == [CAPTIONS[2], CAPTIONS[2].upper()]
     assert batch["mask"].shape == (3, 4, 4)
+    # a fusion run: the side text, as an encoder reads it
+    batch = BatchCollator(text_tok, 32, tokenize=("text",))(items)
+    assert batch["text_ids"][0, 0] == text_tok.cls_token_id and "caption_ids" not in batch
+    assert batch["caption"] == CAPTIONS
 
 
 # -- shapes references and masks ---------------------------------------------------------------
-def test_shapes_have_distinct_reference_captions_and_object_masks():
+def test_shapes_have_distinct_reference_captions_and_object_masks(make_cfg):
     data = ShapesDataset(40, 16, seed=0, colors="distinct", noise=0, num_captions=5)
     plain = ShapesDataset(40, 16, seed=0, colors="distinct", noise=0, num_captions=1)
     assert torch.equal(data.images, plain.images) and data.captions == plain.captions
@@ -100,8 +115,10 @@ def test_shapes_have_distinct_reference_captions_and_object_masks():
         image, mask = data[i]["image"], data[i]["mask"]
         inside = image[:, mask].T.unique(dim=0)
         assert len(inside) == 1 and not (image[:, ~mask] == inside.T).all(0).any()
-    with pytest.raises(UserError, match="data.num_captions must be between 1 and 8"):
+    with pytest.raises(ArgumentError, match="^num_captions=9: expected a whole number, at most 8$"):
         ShapesDataset(10, 16, num_captions=9)
+    with pytest.raises(UserError, match="^data.num_captions=9: expected a whole number, at most 8$"):
+        train(make_cfg("data.num_captions=9", "logger=csv", "debug=fdr"))
 
 
 # -- metrics -----------------------------------------------------------------------------------
@@ -203,7 +220,8 @@ def test_each_saliency_method_peaks_where_the_classifier_looks(method):
 # -- the model and its decoding ----------------------------------------------------------------
 def tiny_captioner(tokenizer, **kwargs) -> Captioner:
     torch.manual_seed(0)
-    return Captioner(SmallCNN(3, (8, 16), 16), 16, 3, tokenizer, num_classes=4, dim=32, depth=2,
+    text = TextSide("caption", tokenizer, causal=True)
+    return Captioner(SmallCNN(3, (8, 16), 16), 16, 3, text, num_classes=4, dim=32, depth=2,
                      heads=2, max_length=12, mapping_hidden=32, **kwargs).eval()
 
 
@@ -217,25 +235,27 @@ def test_each_decoding_mode_runs_batched(decoding):
     if decoding == "nucleus":  # seeded sampling repeats itself
         torch.manual_seed(1)
         assert torch.equal(model.generate(images, decoding=decoding), ids)
-    with pytest.raises(UserError, match="choose one of greedy, beam, nucleus"):
+    with pytest.raises(ArgumentError, match="^decoding='sample': choose one of greedy, beam, "
+                                            "nucleus$"):
         model.generate(images, decoding="sample")
 
 
-def test_greedy_decoding_is_the_same_with_and_without_the_cache():
+def test_generate_reads_the_prefix_once_then_one_new_token_per_step():
+    """Captions decode with the KV cache: the decoder reads the prefix and BOS once, then only
+    each new token (the same captions as without the cache: tests/test_decoding.py)."""
     model = tiny_captioner(wordpiece())
     images = torch.rand(4, 3, 16, 16)
     reads: list[int] = []
-    model.decoder.register_forward_pre_hook(
-        lambda module, args, kwargs: reads.append(kwargs["inputs_embeds"].shape[1]),
-        with_kwargs=True)
-    cached = model.generate(images, use_cache=True, min_length=4)
-    cached_reads, reads[:] = list(reads), []
-    uncached = model.generate(images, use_cache=False, min_length=4)
-    assert torch.equal(cached, uncached)
+
+    def record(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        reads.append((embeds if embeds is not None else kwargs["input_ids"]).shape[1])
+
+    model.decoder.register_forward_pre_hook(record, with_kwargs=True)
+    ids = model.generate(images, min_length=4)
     first = model.num_prefix + 1  # the prefix and BOS
-    assert cached_reads == [first] + [1] * (len(cached_reads) - 1)  # one new token per step
-    assert reads == list(range(first, first + len(reads)))  # the whole sequence, each step
-    assert len(reads) >= 4
+    assert reads == [first] + [1] * (len(reads) - 1)  # one new token per step
+    assert len(reads) >= 4 and ids.shape[1] == len(reads)  # a token per read, at least 4
 
 
 def test_a_pretrained_decoder_loads_from_a_local_directory(tmp_path):
@@ -274,14 +294,17 @@ def test_a_pretrained_decoder_and_its_tokenizer_by_path_from_the_config(make_cfg
     """The route a user with network takes with `gpt2`, through a local directory here."""
     metrics = train(make_cfg("experiment=captioner_shapes", "data.num_images=200", "logger=csv",
                              "debug=fdr", f"strategy.net.decoder_name='{tiny_causal_lm}'",
-                             f"strategy.caption_tokenizer.name_or_path='{tiny_causal_lm}'"))
+                             f"inputs.text.tokenizer.name_or_path='{tiny_causal_lm}'"))
     assert "test/bleu4" in metrics
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["strategy.decoding=sample"], "strategy.decoding='sample': choose one of"),
-    (["strategy.net.num_classes=0"], "goes with strategy.classifier_weight > 0"),
-    (["strategy.saliency=[lime_v2]"], "strategy.saliency: 'lime_v2' is not one of"),
+    (["strategy.decoding=sample"],
+     "^strategy.decoding='sample': choose one of greedy, beam, nucleus$"),
+    (["strategy.net.num_classes=0"],
+     (r"^strategy.classifier_weight=1.0: a classification head \(net.num_classes > 0\) goes "
+      "with classifier_weight > 0")),
+    (["explain.saliency=[lime_v2]"], "^explain.saliency: 'lime_v2' is not one of"),
 ])
 def test_captioner_errors_before_training(make_cfg, overrides, match):
     with pytest.raises(UserError, match=match):
@@ -323,7 +346,8 @@ def test_explain_a_folder_of_png_files_with_a_separate_classifier(trained_pair, 
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "explained"
     cfg = compose([f"ckpt_path={trained_pair['captioner']}", f"classifier_path={trained_pair['classifier']}",
-                   f"images={folder}", "saliency=[gradcam,lime]", "logger=wandb"], out, "explain")
+                   f"images={folder}", "explain.saliency=[gradcam,lime]", "logger=wandb"], out,
+                  "explain")
     assert explain(cfg) == {}  # no labels or masks: no faithfulness metrics
     rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in rows] == ["shape0.png", "shape1.png", "shape2.png"]
@@ -348,8 +372,8 @@ def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
     from lmvision.explain import explain
 
     out = tmp_path / "explained"
-    metrics = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=20",
-                               "saliency=[gradcam,occlusion]"], out, "explain"))
+    metrics = explain(compose([f"ckpt_path={trained_pair['captioner']}", "explain.limit=20",
+                               "explain.saliency=[gradcam,occlusion]"], out, "explain"))
     for key in ("explain/mention_rate", "explain/consistency", "explain/counterfactual",
                 "explain/pointing_gradcam", "explain/pointing_occlusion", "explain/pointing",
                 "explain/pointing_random"):
@@ -358,12 +382,14 @@ def test_explain_the_test_split_measures_faithfulness(trained_pair, tmp_path):
     assert len(rows) == 20 and "on_object_gradcam" in json.loads(rows[0])
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     # a fusion classifier reads its side text: batches come from its own data
-    fused = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=8", "saliency=[gradcam]",
+    fused = explain(compose([f"ckpt_path={trained_pair['captioner']}", "explain.limit=8",
+                             "explain.saliency=[gradcam]",
                              f"classifier_path={trained_pair['fusion']}"], tmp_path / "fused", "explain"))
     assert 0.0 <= fused["explain/pointing_gradcam"] <= 1.0
     # an aux_text classifier (class descriptions through the packaged text encoder)
-    described = explain(compose([f"ckpt_path={trained_pair['captioner']}", "limit=8",
-                                 "saliency=[gradcam]", f"classifier_path={trained_pair['aux_text']}"],
+    described = explain(compose([f"ckpt_path={trained_pair['captioner']}", "explain.limit=8",
+                                 "explain.saliency=[gradcam]",
+                                 f"classifier_path={trained_pair['aux_text']}"],
                                 tmp_path / "described", "explain"))
     assert 0.0 <= described["explain/pointing_gradcam"] <= 1.0
     assert 0.0 <= described["explain/mention_rate"] <= 1.0

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lmvision.checks import ArgumentError
+from lmvision.config import build
 from lmvision.data import spec
-from lmvision.data.datamodule import DataConfigError, ImageDataModule
+from lmvision.data.class_splits import DataConfigError
+from lmvision.data.datamodule import ImageDataModule
 from lmvision.data.digits import DigitsDataset
 from lmvision.data.shapes import ShapesDataset, render_shapes
 from lmvision.errors import UserError
@@ -82,20 +85,24 @@ def test_few_shot_keeps_k_seeded_images_per_class(k):
     assert set(dm.split["train"].tolist()) < set(more.split["train"].tolist())
 
 
-def test_few_shot_with_a_holdout_and_its_errors(combos):
+def test_few_shot_with_a_holdout_and_its_errors(combos, make_cfg):
     dm = datamodule(combos, holdout_classes=0.25, shots_per_class=2)
     counts = torch.bincount(combos.labels[dm.split["train"]], minlength=24)
     assert all(counts[i] == (0 if i in dm.unseen_classes else 2) for i in range(24))
     with pytest.raises(UserError, match="only .* images of class"):
         datamodule(combos, shots_per_class=500)
-    with pytest.raises(UserError, match="shots_per_class=0"):
+    with pytest.raises(ArgumentError, match="^shots_per_class=0: expected a whole number, "
+                                            "at least 1$"):
         datamodule(combos, shots_per_class=0)
+    with pytest.raises(UserError, match="^data.shots_per_class=0: expected a whole number, "
+                                        "at least 1$"):  # built from a config: the option
+        build.datamodule(make_cfg("data.num_images=60", "data.shots_per_class=0"), None)
     tags = ShapesDataset(200, 16, target="attributes")
     with pytest.raises(DataConfigError, match="single-label"):
         datamodule(tags, shots_per_class=1)
 
 
-def test_distinct_colours_separate_every_colour_in_the_image():
+def test_distinct_colours_separate_every_colour_in_the_image(make_cfg):
     def mean_hue_rgb(colors):
         arrays, _ = render_shapes(600, 16, 0, colors)
         images = arrays["images"].astype(float)  # (N, 3, H, W)
@@ -116,8 +123,10 @@ def test_distinct_colours_separate_every_colour_in_the_image():
             gap = min(gap, 360 - gap)
             # the two colours of a pair share a hue band, unless colours are distinct
             assert bool(gap > 15) == separable, (colors, first, second, hues)
-    with pytest.raises(UserError, match="data.colors='pastel'"):
+    with pytest.raises(ArgumentError, match="^colors='pastel': choose one of paired, distinct$"):
         ShapesDataset(10, 16, colors="pastel")
+    with pytest.raises(UserError, match="^data.colors='pastel': choose one of paired, distinct$"):
+        build.datamodule(make_cfg("data.num_images=10", "data.colors=pastel"), None)
 
 
 def test_holdout_accuracy_known_values():
@@ -137,11 +146,11 @@ def test_holdout_accuracy_known_values():
 def test_training_never_scores_held_out_classes(make_cfg):
     """The loss (with label smoothing too) is over the seen classes only: the head rows of the
     held-out classes get no gradient, and the loss stays finite."""
-    from lmvision.config.build import data_and_model
+    from lmvision.run.parts import build_parts
 
     cfg = make_cfg("data.target=color_shape", "data.num_images=600", "data.holdout_classes=0.25",
                    "strategy.label_smoothing=0.1")
-    datamodule, model = data_and_model(cfg)
+    datamodule, _, model = build_parts(cfg, {}, {})
 
     class Trainer:  # what setup() reads
         pass

@@ -29,13 +29,7 @@ COMPAT = ROOT / "src" / "lmvision" / "compat.py"
 OURS = {"lmvision", "hydra_plugins", "studies", "__future__"}  # studies: experiments/studies.py
 # private uses outside compat.py that are known, each with what to do about it; an entry here
 # whose use is gone fails test_the_pending_list_is_current
-PENDING = {
-    ("src/lmvision/data/hf.py", "_fingerprint"):
-        "datasets' Dataset._fingerprint: call compat.dataset_fingerprint(piece)",
-    ("src/lmvision/text/descriptions.py", "_commit_hash"):
-        "transformers' config._commit_hash, gone since transformers 5 (always None now): "
-        "use the public huggingface_hub.resolve_revision(name, revision).resolved",
-}
+PENDING: dict = {}  # private uses not yet moved here (none)
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

@@ -8,8 +8,8 @@ from data_files import overrides_for
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-GROUPS = ["data", "strategy", "backbone", "head", "text_encoder", "fusion", "optimizer", "scheduler",
-          "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
+GROUPS = ["data", "strategy", "inputs", "evaluation", "backbone", "head", "text_encoder", "fusion",
+          "optimizer", "scheduler", "trainer", "logger", "callbacks", "paths", "debug", "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -25,6 +25,9 @@ def test_every_group_has_options():
     assert {"adamw", "sgd"} <= set(options("optimizer"))
     assert {"warmup_cosine", "constant", "none"} <= set(options("scheduler"))
     assert {"default", "early_stopping"} <= set(options("callbacks"))
+    # inputs= and evaluation= default to the strategy's own option
+    assert set(options("strategy")) <= set(options("inputs")) & set(options("evaluation"))
+    assert "none" in options("evaluation")
 
 
 def files_for(group: str, option: str, where) -> list[str]:
@@ -68,17 +71,21 @@ def test_backbone_instantiates_for_each_dataset(make_cfg, option, data):
 
 
 @pytest.mark.parametrize("head", options("head"))
-# pixel_lm is a language model of pixels, with no head (tests/test_pixel_lm.py); the captioner
-# decodes captions, its optional classification head is a linear layer (tests/test_captioner.py)
+# pixel_lm is a language model of pixels, with no head, and its fine-tune's head is a linear
+# layer on the last block (tests/test_pixel_lm.py); the captioner decodes captions, its optional
+# classification head is a linear layer (tests/test_captioner.py)
 @pytest.mark.parametrize("strategy", [s for s in options("strategy")
-                                      if s not in ("pixel_lm", "captioner")])
+                                      if s not in ("pixel_lm", "pixel_lm_finetune", "captioner")])
 def test_strategy_and_head_instantiate(make_cfg, strategy, head):
     import torch
 
-    from lmvision.config.build import data_and_model
+    from lmvision.config.build import group_choices
+    from lmvision.run.parts import build_parts
 
     cfg = make_cfg(f"strategy={strategy}", f"head={head}", "data.num_images=100")
-    datamodule, model = data_and_model(cfg)
+    datamodule, text, model = build_parts(cfg, {}, group_choices())
+    # the text side is built before the network, for the strategies that read text
+    assert (text is None) == (strategy == "image_classifier")
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     assert model.logits(batch).shape == (len(batch["label"]), 4)
@@ -212,11 +219,12 @@ def test_only_classification_configs_and_code_name_val_acc():
     """A strategy that is not a classifier must not inherit a classifier's selection metric."""
     configs = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml") if "val/acc" in p.read_text()}
     assert configs == {"strategy/image_classifier.yaml", "strategy/fusion.yaml",
-                       "strategy/aux_text.yaml", "strategy/pixel_lm.yaml"}  # (its finetune stage)
+                       "strategy/aux_text.yaml", "strategy/pixel_lm_finetune.yaml",
+                       "hparams_search/pixel_lm_finetune.yaml"}  # (the fine-tune's search)
     src = ROOT / "src" / "lmvision"
     code = {str(p.relative_to(src)) for p in src.rglob("*.py") if "val/acc" in p.read_text()}
     assert code == {"strategies/classification.py", "strategies/fusion.py",
-                    "strategies/aux_text.py"}  # the classifiers
+                    "strategies/aux_text.py", "strategies/pixel_lm_finetune.py"}  # the classifiers
 
 
 @pytest.mark.parametrize("optimizer", options("optimizer"))

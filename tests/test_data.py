@@ -6,13 +6,17 @@ import re
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
+from lmvision.checks import ArgumentError
 from lmvision.data import spec
+from lmvision.data.class_splits import DataConfigError, seeded_split
 from lmvision.data.collate import BatchCollator
-from lmvision.data.datamodule import DataConfigError, ImageDataModule, seeded_split
+from lmvision.data.datamodule import ImageDataModule
 from lmvision.data.digits import DigitsDataset
+from lmvision.data.protocol import DatasetBase
 from lmvision.data.shapes import ShapesDataset, render_shapes
+from lmvision.errors import UserError
+from lmvision.text.side import TextField
 
 
 def datamodule(dataset, **kw):
@@ -103,15 +107,28 @@ def test_image_and_text_are_complementary():
     assert (red - green).abs().max() > 80
 
 
+def from_config(make_cfg, *overrides):
+    """The datamodule built from a config as a run builds it (the config layer names the
+    option the user wrote in a refusal)."""
+    from lmvision.config import build
+
+    return build.datamodule(make_cfg("data.num_images=60", *overrides), None)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"target": "size_of_moon"}, r"data.target='size_of_moon'.*shape, color"),
-    ({"num_images": 0}, r"data.num_images"),
-    ({"image_size": 8}, r"data.image_size must be at least 16"),
-    ({"noise": -1}, r"data.noise must be an integer in \[0, 127\]"),
+    ({"num_images": 0}, r"^num_images=0: expected a whole number, at least 1$"),
+    ({"image_size": 8}, r"^image_size=8: expected a whole number, at least 16$"),
+    ({"noise": -1}, r"^noise=-1: expected a whole number, at least 0$"),
+    ({"noise": 128}, r"^noise=128: expected a whole number, at most 127$"),
 ])
-def test_shapes_rejects_bad_options(kwargs, match):
+def test_shapes_rejects_bad_options(make_cfg, kwargs, match):
     with pytest.raises(ValueError, match=match):
         ShapesDataset(**{"num_images": 10, **kwargs})
+    (key, value), = kwargs.items()
+    if key != "target":  # built from a config, the message names the option the user wrote
+        with pytest.raises(UserError, match=r"^data\." + match[1:]):
+            from_config(make_cfg, f"data.{key}={value}")
 
 
 def test_shapes_without_noise_show_two_colours_each():
@@ -152,7 +169,7 @@ def test_datamodule_batches_follow_the_contract():
     assert batch["image"].shape == (16, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["label"].shape == (16,)
     assert len(batch["text"]) == len(batch["caption"]) == 16
-    assert "text_ids" not in batch  # no tokenizer configured
+    assert "text_ids" not in batch  # no text field to tokenise
     assert -1.01 <= batch["image"].min() and batch["image"].max() <= 1.01  # normalised to [-1, 1]
     assert dm.classes == list(spec.SHAPES) and dm.num_classes == 4
 
@@ -162,10 +179,21 @@ def test_collate_tokenises_with_a_real_tokenizer():
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(get_model_path()))
-    dm = datamodule(ShapesDataset(64, 32, seed=0), tokenizer=tokenizer, max_text_length=12)
-    dm.setup("fit")
-    batch = next(iter(dm.val_dataloader()))
-    for key in ("text", "caption"):
+    data = ShapesDataset(64, 32, seed=0)
+    made_from = []  # the strings each tokenizer was made from
+
+    def make(strings):
+        made_from.append(strings)
+        return tokenizer
+
+    for key in ("text", "caption"):  # the field a run reads is tokenised, the other is not
+        made_from.clear()
+        dm = datamodule(data, text=TextField(key, make), max_text_length=12)
+        assert dm.tokenizer is tokenizer and made_from == [dm.train_texts(key)]
+        dm.setup("fit")
+        batch = next(iter(dm.val_dataloader()))
+        other = "caption" if key == "text" else "text"
+        assert f"{other}_ids" not in batch and len(batch[other]) == len(batch[key])
         ids, mask = batch[f"{key}_ids"], batch[f"{key}_mask"]
         assert ids.shape == mask.shape and ids.shape[0] == len(batch[key]) and ids.shape[1] <= 12
         first = tokenizer.decode(ids[0][mask[0].bool()], skip_special_tokens=True)
@@ -176,16 +204,29 @@ def test_collate_tokenises_with_a_real_tokenizer():
     ({"num_classes": 5}, r"data.num_classes=5 but the ShapesDataset gives 4"),
     ({"image_size": 64}, r"data.image_size=64"),
     ({"channels": 1}, r"data.channels=1"),
-    ({"val_fraction": 0.0}, r"data.val_fraction must be between 0 and 1"),
     ({"val_fraction": 0.5, "test_fraction": 0.6}, r"leaves nothing to train on"),
-    ({"batch_size": 0}, r"data.batch_size must be at least 1"),
 ])
 def test_datamodule_rejects_inconsistent_options(kwargs, match):
     with pytest.raises(DataConfigError, match=match):
         datamodule(ShapesDataset(60, 32, seed=0), **kwargs)
 
 
-class _Rows(Dataset):
+@pytest.mark.parametrize("key,value,message", [
+    ("val_fraction", 0.0, "expected a number in (0, 1)"),
+    ("batch_size", 0, "expected a whole number, at least 1"),
+    ("task", "regression", "choose one of multiclass, multilabel"),
+])
+def test_datamodule_rejects_bad_arguments_naming_them(make_cfg, key, value, message):
+    """Built directly, the refusal names the argument; built from a config, the option."""
+    with pytest.raises(ArgumentError, match=f"^{key}={value!r}: {re.escape(message)}$"):
+        datamodule(ShapesDataset(60, 32, seed=0), **{key: value})
+    if key == "task":
+        return  # data.task is interpolated from the data's target, not an option of its own
+    with pytest.raises(UserError, match=f"^data.{key}={value!r}: {re.escape(message)}$"):
+        from_config(make_cfg, f"data.{key}={value}")
+
+
+class _Rows(DatasetBase):
     """A tiny in-memory dataset with one planted defect."""
 
     classes = ["a", "b"]
@@ -214,6 +255,20 @@ def test_too_small_dataset_is_refused():
         datamodule(_Rows([0, 1, 0], ["x"] * 3))
 
 
+def test_a_dataset_without_the_protocols_attributes_is_named():
+    class Bare(torch.utils.data.Dataset):
+        classes = ("a", "b")
+
+        def __len__(self):
+            return 20
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(1, 16, 16, dtype=torch.uint8), "label": 0}
+
+    with pytest.raises(DataConfigError, match=r"Bare is not an lmvision dataset: it lacks labels"):
+        ImageDataModule(Bare(), num_classes=2, image_size=16, channels=1)
+
+
 def test_batch_collator_without_text_keys():
     items = [{"image": torch.zeros(1, 4, 4), "label": torch.tensor(i)} for i in range(3)]
     batch = BatchCollator()(items)
@@ -221,7 +276,7 @@ def test_batch_collator_without_text_keys():
 
 
 def test_training_order_depends_on_seed_and_epoch_only():
-    from lmvision.data.datamodule import EpochShuffleSampler
+    from lmvision.data.samplers import EpochShuffleSampler
 
     sampler = EpochShuffleSampler(50, seed=3)
     first = list(sampler)
@@ -234,7 +289,7 @@ def test_training_order_depends_on_seed_and_epoch_only():
 
 
 def test_a_resumed_epoch_skips_what_was_trained_once():
-    from lmvision.data.datamodule import EpochShuffleSampler, ResumableDistributedSampler
+    from lmvision.data.samplers import EpochShuffleSampler, ResumableDistributedSampler
 
     whole = list(EpochShuffleSampler(50, seed=3))
     resumed = EpochShuffleSampler(50, seed=3, skip=(0, 20))
@@ -250,15 +305,63 @@ def test_a_resumed_epoch_skips_what_was_trained_once():
     assert list(skipped) == share[10:] and all(epoch == 0 for _, epoch in share)
 
 
+def test_the_training_loader_resumes_mid_epoch_where_its_checkpoint_was_saved():
+    """A checkpoint saved mid-epoch records the training loader's place (Lightning's stateful
+    loader interface; the datamodule's state holds it too, as Lightning restores that before it
+    builds the loader); a resumed run's loader serves the rest of that epoch, once, and refuses
+    an epoch cut another way."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    data = DigitsDataset(image_size=8)
+
+    def loader_of(dm, world=1, step=0, workers=0):
+        dm.num_workers = workers
+        dm.trainer = SimpleNamespace(accelerator=CPUAccelerator(), world_size=world,
+                                     global_rank=0, current_epoch=0, global_step=step,
+                                     accumulate_grad_batches=1, num_training_batches=0)
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        dm.trainer.num_training_batches = len(loader)
+        return loader
+
+    def indices(batches):
+        return [batch["index"].tolist() for batch in batches]
+
+    trained = datamodule(data)
+    loader = loader_of(trained)
+    whole = indices(loader)
+    assert loader.state_dict() == trained.state_dict() == {}  # at an epoch's start
+    trained.trainer.global_step = 5  # five batches trained, then saved
+    state = loader.state_dict()
+    assert state == trained.state_dict() == {"epoch": 0, "batches_done": 5, "layout": {
+        "devices x nodes": 1, "data.batch_size": 16}}
+    resumed = datamodule(data)
+    resumed.load_state_dict(state)  # restored before the loader is built
+    loader = loader_of(resumed, step=5)
+    assert indices(loader) == whole[5:]
+    assert indices(loader) == whole  # once only: the next pass is whole
+    loader = loader_of(datamodule(data), step=5, workers=1)
+    started = iter(loader)  # started before the restore, as Lightning may; workers prefetch
+    loader.load_state_dict(state)  # Lightning's interface
+    assert indices(started) == whole[5:]
+    elsewhere = datamodule(data)
+    elsewhere.load_state_dict(state)
+    with pytest.raises(UserError, match=r"saved mid-epoch with devices x nodes=1 and is "
+                                        r"resumed with 2"):
+        loader_of(elsewhere, world=2)
+
+
 def test_an_items_augmentation_depends_on_seed_epoch_and_item_only():
     """Whatever the global random state, order or process: a resumed run draws what a run that
     was never stopped drew, and the global random state is left as it was."""
     from torchvision.transforms import v2
 
-    from lmvision.data.datamodule import TransformedSubset
+    from lmvision.data.samplers import ItemView
 
     images = TensorDataset(torch.randint(0, 255, (6, 1, 8, 8), dtype=torch.uint8))
-    data = TransformedSubset(images, torch.arange(6), v2.RandomErasing(p=0.5, value=0), seed=7)
+    data = ItemView(images, torch.arange(6), v2.RandomErasing(p=0.5, value=0), seed=7)
     torch.manual_seed(0)
     first = [data[(i, 0)]["image"] for i in range(6)]
     torch.manual_seed(1)
@@ -287,7 +390,7 @@ def images_of(data: TensorDataset) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("n", [9, 10])
 def test_evaluation_shares_cover_every_item_once(n):
-    from lmvision.data.datamodule import UnpaddedDistributedSampler
+    from lmvision.data.samplers import UnpaddedDistributedSampler
 
     shares = [list(UnpaddedDistributedSampler(list(range(n)), num_replicas=2, rank=r, shuffle=False))
               for r in (0, 1)]
@@ -296,9 +399,11 @@ def test_evaluation_shares_cover_every_item_once(n):
         [len(s) for s in shares]
 
 
-def test_whole_numbers_are_not_silently_floored():
-    with pytest.raises(DataConfigError, match=r"data.batch_size=1.5: expected a whole number"):
+def test_whole_numbers_are_not_silently_floored(make_cfg):
+    with pytest.raises(ArgumentError, match=r"^batch_size=1.5: expected a whole number$"):
         datamodule(ShapesDataset(60, 32, seed=0), batch_size=1.5)
+    with pytest.raises(UserError, match=r"^data.batch_size=1.5: expected a whole number$"):
+        from_config(make_cfg, "data.batch_size=1.5")
 
 
 def test_a_split_missing_classes_is_named():
@@ -313,8 +418,8 @@ def test_raw_pixels_keep_only_moves_of_pixels():
     from torchvision.transforms import v2
 
     digits = DigitsDataset(image_size=8)
-    dm = datamodule(digits, augment=[v2.RandomAffine(degrees=10, translate=(0.2, 0.2))])
-    dm.use_raw_pixels(augment=True)
+    dm = datamodule(digits, augment=[v2.RandomAffine(degrees=10, translate=(0.2, 0.2))],
+                    pixels="raw_augmented")
     dm.setup("fit")
     images = next(iter(dm.train_dataloader()))["image"]
     assert images.min() >= 0.0 and images.max() <= 1.0
@@ -328,10 +433,12 @@ def test_raw_pixels_keep_only_moves_of_pixels():
     for bad, match in ((v2.ColorJitter(0.3), "ColorJitter may change colours"),
                        (v2.RandomRotation(10, interpolation=v2.InterpolationMode.BILINEAR),
                         r"RandomRotation interpolates \(bilinear\)")):
-        dm = datamodule(digits, augment=[bad])
         with pytest.raises(ValueError, match=match):
-            dm.use_raw_pixels(augment=True)
-        dm.use_raw_pixels()  # without augmentation it is fine
+            datamodule(digits, augment=[bad], pixels="raw_augmented")
+        datamodule(digits, augment=[bad], pixels="raw")  # without augmentation it is fine
+    with pytest.raises(ArgumentError, match=r"^pixels='rgb': choose one of normalised, raw, "
+                                            r"raw_augmented$"):
+        datamodule(digits, pixels="rgb")
 
 
 def test_batches_are_pinned_on_a_gpu_unless_told():
@@ -339,11 +446,13 @@ def test_batches_are_pinned_on_a_gpu_unless_told():
     true or false is taken as given."""
     from types import SimpleNamespace
 
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
     data = DigitsDataset(image_size=8)
     for given, cuda, pinned in [(None, False, False), (None, True, True), (False, True, False),
                                 (True, False, True)]:
         dm = ImageDataModule(data, num_classes=10, image_size=8, channels=1, pin_memory=given)
-        accelerator = type("CUDAAccelerator" if cuda else "CPUAccelerator", (), {})()
+        accelerator = CUDAAccelerator() if cuda else CPUAccelerator()
         dm.trainer = SimpleNamespace(accelerator=accelerator, world_size=1, global_rank=0)
         dm.setup("fit")
         assert dm.val_dataloader().pin_memory is pinned

@@ -13,11 +13,10 @@ from lmvision.errors import UserError
 from lmvision.text.descriptions import (
     ClassNameDescriptions,
     FileDescriptions,
-    LanguageModelDescriptions,
     RandomWordsDescriptions,
-    parse_list,
     shipped_banks,
 )
+from lmvision.text.language_model import LanguageModelDescriptions, parse_list
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -178,14 +177,21 @@ def test_language_model_is_seeded(tiny_causal_lm, tmp_path):
     assert generate(0, "a") != generate(5, "c")
 
 
-def test_language_model_errors():
-    with pytest.raises(UserError, match="must contain \\{class_name\\}"):
+def test_language_model_errors(make_cfg):
+    from lmvision.checks import ArgumentError
+    from lmvision.config.build import text_recipe
+
+    with pytest.raises(ArgumentError, match="^prompt: must contain \\{class_name\\}$"):
         LanguageModelDescriptions("gpt2", prompt="Describe it")
-    with pytest.raises(UserError, match="num_per_class=0"):
+    with pytest.raises(ArgumentError, match="^num_per_class=0: expected a whole number, at least 1$"):
         LanguageModelDescriptions("gpt2", num_per_class=0)
-    with pytest.raises(UserError, match="descriptions.device='gpu'"):
+    with pytest.raises(ArgumentError, match="^device='gpu': choose auto, cpu, cuda or cuda:<n>$"):
         LanguageModelDescriptions("gpt2", device="gpu")
-    with pytest.raises(UserError, match="top_p"):
+    with pytest.raises(ArgumentError, match="^top_p=1.5: expected a number in \\(0, 1\\]$"):
         LanguageModelDescriptions("gpt2", top_p=1.5)
+    # built from a config, the message names the option the user wrote
+    with pytest.raises(UserError, match="^descriptions.device='gpu': choose auto, cpu, cuda"):
+        text_recipe(make_cfg("experiment=aux_text_shapes", "descriptions=language_model",
+                             "descriptions.device=gpu"))
     with pytest.raises(UserError, match="descriptions.name_or_path='/no/such/model'"):
         LanguageModelDescriptions("/no/such/model", cache_dir="/tmp/unused").generate(["cat"])

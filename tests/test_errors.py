@@ -5,11 +5,12 @@ record marked failed where the run had started, and nothing of another run touch
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_cli
+from conftest import ROOT, compose, run_cli
 
 TINY = ["data.num_images=300", "logger=csv", "debug=limit"]
 
@@ -38,16 +39,21 @@ def checkpoints(tmp_path_factory):
 
 
 # Mistakes Hydra meets while composing the config: nothing has started, nothing is written.
-@pytest.mark.parametrize("arg,message", [
+# (docs/bad_input.md lists these messages, and those of BAD_VALUES and CHECKPOINTS)
+CONFIG_MISTAKES = [
     ("trainer.max_epoch=3", "trainer.max_epoch: no such option; did you mean trainer.max_epochs?"),
     ("data.taget=x", "data.taget: no such option; did you mean data.target?"),
     ("data=imagenet", "data=imagenet: no such option; choose one of cifar10, cifar100, "
                       "coco_captions, digits, hf, image_folder, jsonl, shapes"),
     ("lr=-0.1", "lr: no such option; did you mean optimizer.lr?"),
     ("optim.lr=abc", "optim.lr: no such option; did you mean optimizer.lr?"),
-    ("batch_size=1.5", "batch_size: no such option; did you mean data.batch_size?"),
+    ("batch_size=1.5", "batch_size: no such option; did you mean data.batch_size or "
+                       "explain.batch_size?"),
     ("trainer.max_epochs=[1", "cannot read the override 'trainer.max_epochs=[1'"),
-])
+]
+
+
+@pytest.mark.parametrize("arg,message", CONFIG_MISTAKES)
 def test_config_mistakes_are_one_line(tmp_path, arg, message):
     result = run_train([arg, "logger=csv"], tmp_path / "run")
     assert_one_line_error(result, message)
@@ -55,17 +61,18 @@ def test_config_mistakes_are_one_line(tmp_path, arg, message):
 
 
 # Mistakes in values: the run had started, so its record says failed. (In-process, for speed:
-# the command-line form of the same error is checked once below.)
-@pytest.mark.parametrize("args,message", [
+# the command-line form of the same error is checked once below.) A value a class refuses names
+# the option the user wrote, where the value came from (data.batch_size, not its argument).
+BAD_VALUES = [
     (["optimizer.lr=abc"], "optimizer.lr='abc': expected a number"),
-    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1: must be in (0.0, inf)"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1: expected a number > 0"),
     (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected a whole number or null"),
     (["seed=foo"], "seed='foo': expected a whole number"),
     (["data.batch_size=1.5"], "data.batch_size=1.5: expected a whole number"),
     (["strategy.monitor=val/nope"], "strategy.monitor='val/nope' is not a metric of this strategy"),
-    (["strategy.monitor_mode=up"], "strategy.monitor_mode must be 'max' or 'min', got 'up'"),
+    (["strategy.monitor_mode=up"], "strategy.monitor_mode='up': choose one of max, min"),
     (["data.target=size_of_moon"], "data.target='size_of_moon' is not a target of the shapes dataset"),
-    (["backbone=resnet18", "backbone.name=resnet_999"], "backbone.name='resnet_999' is not a torchvision model"),
+    (["backbone=resnet18", "backbone.name=resnet_999"], "backbone.name='resnet_999': not a torchvision model"),
     (["data.val_fraction=0.7", "data.test_fraction=0.5"], "leaves nothing to train on"),
     (["ckpt_path=/nonexistent/last.ckpt"], "ckpt_path=/nonexistent/last.ckpt: no such checkpoint file"),
     (["train=false"], "train=false tests a checkpoint: give ckpt_path"),
@@ -75,7 +82,14 @@ def test_config_mistakes_are_one_line(tmp_path, arg, message):
      "strategy.foo: no such option of lmvision.strategies.fusion.FusionStrategy"),
     (["stop_after_epochs=0"], "stop_after_epochs=0: expected a whole number of epochs, at least 1"),
     (["init_from_prefix=image_encoder"], "init_from_prefix names a part of the weights of init_from"),
-])
+    (["experiment=fusion_shapes", "strategy.net.mode=both"],
+     "strategy.net.mode='both': choose one of fused, image_only, text_only"),
+    (["experiment=fusion_shapes", "text_encoder.pooling=max"],
+     "text_encoder.pooling='max': choose one of mean, cls"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_VALUES)
 def test_bad_values_are_user_errors_and_recorded(make_cfg, tmp_path, args, message):
     from lmvision.errors import UserError
     from lmvision.train import train
@@ -93,6 +107,47 @@ def test_a_bad_value_on_the_command_line_is_one_line(tmp_path):
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
 
 
+# Bad checkpoints, and resumes that would change what is learned: {names} are the checkpoints
+# of test_bad_checkpoints_are_user_errors (loose copies, outside their run's directory, except
+# run_image, in its run's directory)
+CHECKPOINTS = [
+    (["ckpt_path={empty}"], "ckpt_path={empty}: the file is empty, not a checkpoint"),
+    (["ckpt_path={truncated}"], "ckpt_path={truncated}: not a readable checkpoint"),
+    # a resume takes the run's config from its checkpoint: an option that would change what is
+    # learned is refused, naming it
+    (["ckpt_path={image}", "backbone=resnet18"],
+     "ckpt_path={image}: cannot resume with backbone=resnet18: the run was trained with "
+     "backbone=small_cnn"),
+    (["ckpt_path={fusion}", "strategy=image_classifier"],
+     "ckpt_path={fusion}: cannot resume with strategy=image_classifier: the run was trained with "
+     "strategy=fusion"),
+    # testing one (train=false) rebuilds it from its config, with what the command line chose
+    (["ckpt_path={fusion}", "train=false", "strategy=image_classifier"],
+     "ckpt_path={fusion}: a checkpoint of strategy 'fusion', but this run's strategy is "
+     "'image_classifier'; add strategy=fusion"),
+    (["ckpt_path={image}", "train=false", "backbone=resnet18"],
+     "ckpt_path={image}: its weights do not fit this model"),
+    (["init_from={truncated}"], "init_from={truncated}: not a readable checkpoint"),
+    (["init_from={run_image}", "init_from_prefix=text_encoder"],
+     "init_from_prefix='text_encoder': this network has no such sub-module"),
+]
+ELSEWHERE = "ckpt_path={run_image}: a resume continues its run, in {run}"
+TAKEN = "{run} already holds a run (run.json, status completed)"
+
+
+def shown(template: str) -> str:
+    """A message as docs/bad_input.md shows it: <run dir> and <checkpoint> for the paths."""
+    return re.sub(r"\{\w+\}", "<checkpoint>", template.replace("{run}", "<run dir>"))
+
+
+def test_the_messages_are_documented():
+    doc = (ROOT / "docs" / "bad_input.md").read_text()
+    messages = [m for _, m in CONFIG_MISTAKES + BAD_VALUES] + \
+        [shown(m) for _, m in CHECKPOINTS] + [shown(ELSEWHERE), shown(TAKEN)]
+    for message in messages:
+        assert f"`{message}" in doc, message
+
+
 def test_bad_checkpoints_are_user_errors(make_cfg, tmp_path, checkpoints):
     from lmvision.errors import UserError
     from lmvision.train import train
@@ -105,20 +160,20 @@ def test_bad_checkpoints_are_user_errors(make_cfg, tmp_path, checkpoints):
     truncated.write_bytes(data[: len(data) // 2])
     image.write_bytes(data)
     fusion.write_bytes(checkpoints["fusion"].read_bytes())
-    cases = [
-        ([f"ckpt_path={empty}"], f"ckpt_path={empty}: the file is empty, not a checkpoint"),
-        ([f"ckpt_path={truncated}"], f"ckpt_path={truncated}: not a readable checkpoint"),
-        ([f"ckpt_path={fusion}"],
-         "a checkpoint of strategy 'fusion', but this run's strategy is 'image_classifier'; "
-         "add strategy=fusion"),
-        ([f"ckpt_path={image}", "backbone=resnet18"], "its weights do not fit this model"),
-        ([f"init_from={truncated}"], f"init_from={truncated}: not a readable checkpoint"),
-        ([f"init_from={checkpoints['image']}", "init_from_prefix=text_encoder"],
-         "init_from_prefix='text_encoder': this network has no such sub-module"),
-    ]
-    for i, (args, message) in enumerate(cases):
-        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    paths = {"empty": empty, "truncated": truncated, "image": image, "fusion": fusion,
+             "run_image": checkpoints["image"]}
+    for i, (args, message) in enumerate(CHECKPOINTS):
+        args, message = [a.format(**paths) for a in args], message.format(**paths)
+        with pytest.raises(UserError) as caught:
             train(make_cfg(*args, *TINY, output_dir=tmp_path / f"run{i}"))
+        assert message in str(caught.value) and "\n" not in str(caught.value), args
+        assert not list((tmp_path / f"run{i}").rglob("*.ckpt"))  # stopped before training
+    # a loose checkpoint alone resumes its own run's strategy and config (here fusion), in a new
+    # run directory
+    resumed = train(make_cfg(f"ckpt_path={fusion}", *TINY, output_dir=tmp_path / "loose"))
+    record = json.loads((tmp_path / "loose" / "run.json").read_text())
+    assert record["status"] == "completed" and record["resumed_from"] == str(fusion)
+    assert record["choices"]["strategy"] == "fusion" and "test/acc_no_text" in resumed
     # the same from the command line, for training and for evaluation
     assert_one_line_error(run_train([f"ckpt_path={truncated}", *TINY], tmp_path / "cli"),
                           "not a readable checkpoint")
@@ -133,8 +188,7 @@ def test_a_resume_continues_its_own_run_only(make_cfg, tmp_path, checkpoints):
     from lmvision.train import train
 
     elsewhere = tmp_path / "elsewhere"
-    message = f"ckpt_path={checkpoints['image']}: a resume continues its run, in " \
-              f"{checkpoints['image'].parent.parent}"
+    message = ELSEWHERE.format(run_image=checkpoints["image"], run=checkpoints["image"].parent.parent)
     assert_one_line_error(run_train([f"ckpt_path={checkpoints['image']}", *TINY], elsewhere), message)
     assert not elsewhere.exists()
     with pytest.raises(UserError, match="init_from="):
@@ -161,7 +215,7 @@ def test_a_run_never_writes_over_another_run(tmp_path):
     before = {p: p.read_bytes() for p in [run / "run.json", run / ".hydra" / "config.yaml",
                                           run / "metrics.json"]}
     second = run_train([*TINY, "seed=5"], run)
-    assert_one_line_error(second, f"{run.resolve()} already holds a run (run.json, status completed)")
+    assert_one_line_error(second, TAKEN.format(run=run.resolve()))
     assert all(p.read_bytes() == data for p, data in before.items())
     evaluated = run_train([f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"], run,
                           module="lmvision.evaluate")

@@ -388,9 +388,10 @@ CATALOGUE = [
     ("aux_text without descriptions for these classes",
      lambda t, f: ["experiment=aux_text_shapes", "data=image_folder", f"data.root={f}"],
      "descriptions.path is not set and the data config names no shipped bank"),
+    # (fusion reads each item's text: on such data it stops at "no text per item", above)
     ("a tokenizer to learn from absent text",
-     lambda t, f: ["experiment=fusion_shapes", "text_encoder=scratch", "data=image_folder",
-                   f"data.root={f}"],
+     lambda t, f: ["experiment=aux_text_shapes", "text_encoder=scratch", "descriptions=class_name",
+                   "data=image_folder", f"data.root={f}"],
      "text_encoder.tokenizer: no training text to learn a vocabulary from"),
 ]
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from lmvision.text import feature_cache
+from lmvision.errors import UserError
+from lmvision.nn import feature_cache
 from lmvision.train import train
 
 BASE = ["experiment=fusion_shapes", "logger=csv", "data.num_images=300"]
@@ -55,6 +56,7 @@ def test_hf_text_encoder_from_a_local_tiny_bert(make_cfg, tmp_path):
 
 
 def test_frozen_text_features_are_computed_once_per_run(make_cfg, monkeypatch):
+    """The network caches a frozen encoder's features on first use (``cached_text``)."""
     built = []
     original = feature_cache.TextFeatureCache.__init__
 
@@ -74,23 +76,31 @@ def test_test_examples_table_is_written(make_cfg, tmp_path):
     assert " " in rows[0]["label"]  # color_shape class names such as "red circle"
 
 
-def test_fusion_without_text_encoder_is_a_clear_error(make_cfg):
+def test_fusion_without_text_encoder_is_a_clear_error(make_cfg, tmp_path):
+    """Fusion reads text with a text encoder: a run without one stops before training, in one
+    line naming what is missing."""
     from omegaconf import open_dict
 
-    from lmvision.config.build import UserError, data_and_model
-
-    cfg = make_cfg(*BASE)
+    cfg = make_cfg(*BASE, output_dir=tmp_path / "deleted")
     with open_dict(cfg):
         del cfg["text_encoder"]
-    with pytest.raises(UserError, match="choose a text encoder"):
-        data_and_model(cfg)
+    with pytest.raises(UserError, match=r"^inputs.text.tokenizer: .*'text_encoder.tokenizer' not found"):
+        train(cfg)
+    with pytest.raises(UserError, match=r"no text encoder \(inputs.text.encoder\)$"):
+        train(make_cfg(*BASE, "inputs.text.encoder=null", output_dir=tmp_path / "null"))
+    with pytest.raises(UserError, match=r"^strategy.net: FusionClassifier reads text, and "
+                                        r"inputs=image_classifier gives none"):
+        train(make_cfg(*BASE, "inputs=image_classifier", output_dir=tmp_path / "no_text"))
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_bad_mode_is_named(make_cfg):
-    from lmvision.config.build import data_and_model
+    from lmvision.config.build import group_choices
+    from lmvision.run.parts import build_parts
 
-    with pytest.raises(Exception, match="strategy.net.mode must be one of fused, image_only, text_only"):
-        data_and_model(make_cfg(*BASE, "strategy.net.mode=both"))
+    with pytest.raises(UserError, match=r"^strategy.net.mode='both': choose one of fused, "
+                                        r"image_only, text_only$"):
+        build_parts(make_cfg(*BASE, "strategy.net.mode=both"), {}, group_choices())
 
 
 @pytest.mark.parametrize("fusion_name", ["concat", "cross_attention"])
@@ -103,13 +113,15 @@ def test_hidden_text_is_really_hidden(fusion_name):
     from lmvision.nn.heads import LinearHead
     from lmvision.nn.image_encoders import SmallCNN
     from lmvision.nn.text_encoders import scratch_bert
+    from lmvision.text.side import TextSide
     from lmvision.text.tokenizers import WordPieceTokenizer
 
     tokenizer = WordPieceTokenizer(vocab_size=100)(["a red circle", "a blue cross", "green or teal"])
     fusion = {"concat": fusions.ConcatFusion, "cross_attention": fusions.CrossAttentionFusion}[fusion_name]
     model = FusionClassifier(   # the plain network, no Lightning
         image_encoder=SmallCNN(widths=(8,), out_dim=16),
-        text_encoder=scratch_bert(tokenizer, dim=16, depth=1, heads=2, intermediate_size=32),
+        text=TextSide("text", tokenizer, make_encoder=lambda tokenizer: scratch_bert(
+            tokenizer, dim=16, depth=1, heads=2, intermediate_size=32)),
         fusion=fusion, head=LinearHead, num_classes=3, modality_dropout=0.5).eval()
     images = torch.randn(2, 3, 16, 16)
 
@@ -135,7 +147,7 @@ def test_eval_rebuilds_a_fusion_checkpoint(make_cfg, tmp_path):
                              "fusion=gated", output_dir=tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     overrides = [f"ckpt_path={last}"]
-    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"), overrides)
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"))
     assert set(trained) >= {"test/acc", "test/acc_no_text"}
     assert {"test/acc", "test/acc_no_text"} <= set(metrics)
 
@@ -160,7 +172,7 @@ def test_eval_of_a_scratch_text_checkpoint_uses_the_stored_tokenizer(make_cfg, t
                              "text_encoder=scratch", output_dir=tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     overrides = [f"ckpt_path={last}"]
-    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"), overrides)
+    metrics = evaluate(make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e"))
     assert not (tmp_path / "e" / "tokenizer").exists()  # not learned again
     assert metrics["test/acc"] == trained["test/acc"]
     assert metrics["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-6)

@@ -88,10 +88,13 @@ def check_compare_notebook(runs_dir):
 
 def test_ddp_test_metrics_equal_one_process(tmp_path):
     """Train under DDP (2 CPU processes, gloo), then test the checkpoint with 2 processes and
-    with 1: every test item is evaluated exactly once, so the metrics agree."""
+    with 1: every test item is evaluated exactly once, so the metrics agree. The test split
+    (61 items) does not divide by the processes (shares of 31 and 30), and the evaluation
+    batches (8) are smaller than a share, so a sampler that padded a share, or a mean taken per
+    batch or per process rather than per item, would show."""
     run_dir = tmp_path / "ddp"
-    result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "data.num_images=600",
-                      "trainer.max_epochs=2", "logger=csv", f"hydra.run.dir={run_dir}"],
+    result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "data.num_images=305",
+                      "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run_dir}"],
                      cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read(run_dir / "run.json")
@@ -106,10 +109,11 @@ def test_ddp_test_metrics_equal_one_process(tmp_path):
     for trainer in ("ddp_cpu", "cpu"):
         out = tmp_path / f"eval-{trainer}"
         done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={record['checkpoints']['best']}",
-                        f"trainer={trainer}", "data.batch_size=64", f"hydra.run.dir={out}"],
-                       cwd=tmp_path, timeout=600)
+                        f"trainer={trainer}", "+data.datamodule.eval_batch_size=8",
+                        f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         metrics[trainer] = read(out / "metrics.json")
+        assert read(out / "run.json")["class_split"]["items"]["test"] == 61
     assert metrics["ddp_cpu"].keys() == metrics["cpu"].keys()
     for key, value in metrics["cpu"].items():
         assert metrics["ddp_cpu"][key] == pytest.approx(value, abs=1e-6), key
@@ -158,7 +162,7 @@ def test_pixel_lm_under_ddp(tmp_path):
     step, the palette is fitted identically on each process, the sample grids are drawn once."""
     run_dir = tmp_path / "pixel-ddp"
     result = run_cli(["-m", "lmvision.train", "trainer=ddp_cpu", "experiment=pixel_lm_shapes",
-                      "debug=limit", "data.num_images=400", "strategy.samples=4", "logger=csv",
+                      "debug=limit", "data.num_images=400", "evaluation.samples.images=4", "logger=csv",
                       f"hydra.run.dir={run_dir}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     record = read(run_dir / "run.json")
@@ -225,7 +229,7 @@ def test_a_failing_ddp_job_does_not_end_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "lmvision.train", "-m", "experiment=pixel_lm_digits",
                       "strategy.net.image_size=16,8", "data.image_size=8", "trainer=ddp_cpu",
-                      "strategy.probe=false", "strategy.samples=0", "logger=csv", "debug=limit",
+                      "evaluation.probe=null", "evaluation.samples.images=0", "logger=csv", "debug=limit",
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
     assert result.returncode == 1, result.stderr[-3000:]
     assert f"Sweep {sweep}: 1 of 2 jobs completed, 1 failed" in result.stdout

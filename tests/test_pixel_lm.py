@@ -1,6 +1,6 @@
-"""Strategy `pixel_lm`: the palette, the GPT (causality, KV cache, attention kinds), the probe,
-raw pixels from the datamodule, pretraining, fine-tuning from a pretrained run, scored
-generation."""
+"""Strategies `pixel_lm` and `pixel_lm_finetune`: the palette, the GPT (causality, KV cache,
+attention kinds), the probe, raw pixels from the datamodule, pretraining, fine-tuning from a
+pretrained run, scored generation (the `evaluation=pixel_lm` callbacks)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from lmvision.checks import ArgumentError
 from lmvision.errors import UserError
+from lmvision.evaluation.probes import fit_probes, folds, probe_accuracies
 from lmvision.nn.palette import PaletteQuantizer
 from lmvision.nn.pixel_gpt import KVCache, PixelGPT
-from lmvision.evaluation.probes import fit_probes, folds, probe_accuracies
 from lmvision.train import train
 
 PROBE = {"probe/acc_best", "probe/best_layer", "probe/acc_pixels", "probe/acc_random_init",
@@ -50,8 +51,10 @@ def test_palette_round_trip_seed_and_persistence(channels, tmp_path):
 
 
 def test_palette_errors():
-    with pytest.raises(UserError, match="num_colors"):
+    with pytest.raises(ArgumentError, match=r"^num_colors=1: expected a whole number, at least 2$"):
         PaletteQuantizer(1, 3)
+    with pytest.raises(ArgumentError, match=r"^channels=2: choose one of 1, 3$"):
+        PaletteQuantizer(4, 2)
     with pytest.raises(UserError, match="at least as many"):
         PaletteQuantizer(64, 1).fit(torch.rand(1, 1, 4, 4))
     with pytest.raises(RuntimeError, match="fit the palette"):
@@ -278,17 +281,17 @@ def test_probe_fits_run_on_one_thread_each_side_by_side(monkeypatch):
 
     from threadpoolctl import threadpool_info
 
-    from lmvision.strategies import probe
+    from lmvision.evaluation import probes
 
     seen = []
-    fit = probe._fit
+    fit = probes._fit
 
     def recording(x, y, c):
         seen.append((threading.get_ident(), {p["num_threads"] for p in threadpool_info()}))
         return fit(x, y, c)
 
-    monkeypatch.setattr(probe, "_fit", recording)
-    monkeypatch.setattr(probe, "JOBS", 2)
+    monkeypatch.setattr(probes, "_fit", recording)
+    monkeypatch.setattr(probes, "JOBS", 2)
     g = torch.Generator().manual_seed(0)
 
     def split(n):
@@ -320,18 +323,21 @@ def test_probe_folds_are_stratified_over_train_and_val_or_the_given_split():
 
 
 def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
-    from lmvision.config.build import data_and_model
+    from lmvision.run.parts import build_parts
 
+    for strategy in ("pixel_lm", "pixel_lm_finetune"):  # inputs= is chosen with the strategy
+        assert make_cfg(f"strategy={strategy}").inputs.pixels == "raw"
     cfg = make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8")
-    datamodule, model = data_and_model(cfg)
-    assert model.raw_pixels
+    datamodule, text, _ = build_parts(cfg, {}, {})
+    assert text is None and datamodule.tokenizer is None  # pixels alone
     datamodule.setup("fit")
     batch = next(iter(datamodule.train_dataloader()))
     raw = torch.stack([datamodule.dataset[int(i)]["image"] for i in batch["index"]]).float() / 255
     assert torch.allclose(batch["image"], raw)  # no normalisation, no augmentation
 
-    cfg = make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8", "strategy.augment=true")
-    datamodule, _ = data_and_model(cfg)
+    cfg = make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8",
+                   "inputs.pixels=raw_augmented")
+    datamodule, _, _ = build_parts(cfg, {}, {})
     kinds = [type(t).__name__ for t in datamodule.train_transform.transforms]
     assert kinds == ["ToDtype", "RandomAffine"]  # digits' geometric augmentation, no Normalize
 
@@ -341,8 +347,8 @@ def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
 
     torch._dynamo.reset()
     pretrained = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
-                                "trainer.limit_test_batches=1.0", "strategy.samples=4",
-                                "strategy.compile_sampling=true", output_dir=tmp_path / "pre"))
+                                "trainer.limit_test_batches=1.0", "evaluation.samples.images=4",
+                                "evaluation.sampling.compile=true", output_dir=tmp_path / "pre"))
     assert counters["stats"]["unique_graphs"] >= 1  # the grids were sampled by the compiled step
     assert PROBE | {"test/bits_per_dim", "val/bits_per_dim_best"} <= set(pretrained)
     assert pretrained["test/bits_per_dim"] < 4.0  # a uniform guess over 16 colours is 4 bits
@@ -354,7 +360,7 @@ def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
     assert bool(checkpoint["state_dict"]["net.palette.fitted"])
 
     tuned = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
-                           "strategy.stage=finetune", f"init_from={last}",
+                           "strategy=pixel_lm_finetune", f"init_from={last}",
                            output_dir=tmp_path / "fine"))
     assert {"test/acc", "test/bits_per_dim", "val/acc_best"} <= set(tuned)
     assert not PROBE & set(tuned)
@@ -370,27 +376,40 @@ def test_conditional_generation_is_scored_by_a_classifier(make_cfg, tmp_path):
                    "logger=csv", "debug=limit", output_dir=tmp_path / "judge"))
     judge = tmp_path / "judge" / "checkpoints" / "last.ckpt"
     metrics = train(make_cfg("experiment=pixel_lm_shapes", "data.num_images=300", "logger=csv",
-                             "debug=fdr", f"strategy.gen_classifier={judge}",
-                             "strategy.gen_samples_per_class=2", "strategy.probe=false",
-                             "strategy.guidance=2.0", output_dir=tmp_path / "lm"))
+                             "debug=fdr", f"evaluation.generation.judge={judge}",
+                             "evaluation.generation.samples_per_class=2", "evaluation.probe=null",
+                             "evaluation.sampling.guidance=2.0", output_dir=tmp_path / "lm"))
     assert 0.0 <= metrics["gen/acc"] <= 1.0 and 0.0 <= metrics["gen/acc_caption"] <= 1.0
     names = sorted(p.name for p in (tmp_path / "lm" / "figures").glob("samples_*.png"))
     assert names == ["samples_caption.png", "samples_class.png", "samples_completion.png",
                      "samples_unconditional.png"]
-    with pytest.raises(UserError, match="data.image_size=16, this run has 32"):
+    with pytest.raises(UserError, match="evaluation.generation.judge=.*: it was trained with "
+                                        "data.image_size=16, this run has 32"):
         train(make_cfg("strategy=pixel_lm", "data.num_images=300", "logger=csv", "debug=fdr",
-                       f"strategy.gen_classifier={judge}", output_dir=tmp_path / "bad"))
+                       f"evaluation.generation.judge={judge}", output_dir=tmp_path / "bad"))
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["strategy.stage=train"], "strategy.stage='train': choose one of pretrain, finetune"),
-    (["strategy.net.conditions=[colour]"], "'colour' is not a condition"),
-    (["strategy.net.dim=30"], "multiple of strategy.net.heads"),
-    (["strategy.guidance=2"], "strategy.guidance=2.*only for a model with conditions"),
-    (["strategy.augment=true", "data.datamodule.augment=[{_target_: "
-      "torchvision.transforms.v2.ColorJitter, brightness: 0.3}]"], "ColorJitter may change colours"),
+    (["strategy.net.classify=true"], "^strategy.net: pretraining reads no class head"),
+    (["strategy=pixel_lm_finetune", "strategy.net.classify=false"],
+     "^strategy.net: fine-tuning needs a network with a head"),
+    (["strategy.net.conditions=[colour]"],
+     "^strategy.net.conditions: 'colour' is not one of class, caption$"),
+    (["strategy.net.dim=30"], "^strategy.net.dim=30: must be a multiple of heads=4$"),
+    (["evaluation.sampling.guidance=2"],
+     "^evaluation.sampling.guidance=2.*only for a model with conditions"),
+    (["inputs.pixels=raw_augmented", ("data.datamodule.augment=[{_target_: "
+      "torchvision.transforms.v2.ColorJitter, brightness: 0.3}]")],
+     "^data.datamodule.augment: ColorJitter may change colours"),
 ])
-def test_errors_before_training(make_cfg, overrides, match):
+def test_errors_before_training(make_cfg, overrides, match, monkeypatch):
+    from lmvision.strategies.base import Strategy
+
+    def never(*args, **kwargs):
+        raise AssertionError("the run started training before refusing the option")
+
+    monkeypatch.setattr(Strategy, "training_step", never)
+    monkeypatch.setattr(Strategy, "validation_step", never)  # the sanity check's batches
     with pytest.raises(UserError, match=match):
         train(make_cfg("strategy=pixel_lm", "data=digits", "data.image_size=8", "logger=csv",
                        "debug=fdr", *overrides))

@@ -28,6 +28,11 @@ SETUPS = {  # augmentation drawn per item (digits), modality dropout drawn in th
                            ("data.datamodule.augment=[{_target_:torchvision.transforms.v2."
                             "RandomHorizontalFlip}]"), "trainer.max_epochs=2"],
 }
+# warned in the second epoch: the loader workers must not start that epoch's batches before the
+# checkpoint is restored and the sampler knows its epoch
+SETUPS["webdataset_workers_second_epoch"] = [*SETUPS["webdataset_workers"][:-1],
+                                             "trainer.max_epochs=3"]
+WARNED_AT = {"webdataset_workers_second_epoch": 9}  # the optimiser step; 5 for the others
 
 
 class SignalAt(Callback):
@@ -68,12 +73,13 @@ def read(path: Path) -> dict:
 def test_a_warned_job_saves_mid_epoch_and_its_requeued_job_ends_like_an_unstopped_run(
         make_cfg, tmp_path, monkeypatch, submitit_handler, setup):
     setup_args = list(SETUPS[setup])
-    if setup == "webdataset_workers":
+    if setup.startswith("webdataset"):
         from data_files import overrides_for
 
         setup_args += overrides_for("webdataset", tmp_path)
+    step = WARNED_AT.get(setup, 5)
     args = [*setup_args, "+callbacks.warn._target_=test_preemption.SignalAt",
-            "+callbacks.warn.step=5"]
+            f"+callbacks.warn.step={step}"]
     straight = train(make_cfg(*setup_args, output_dir=tmp_path / "a"))
     assert submitit_handler.calls == []
 
@@ -85,8 +91,9 @@ def test_a_warned_job_saves_mid_epoch_and_its_requeued_job_ends_like_an_unstoppe
     record = read(run / "run.json")
     assert record["status"] == "requeued" and record["slurm"]["job_id"] == "4242"
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["global_step"] == 6 == record["preempted"][0]["step"]  # the batch it was in
-    steps_per_epoch = {"digits_augmented": 20, "fusion_dropout": 7, "webdataset_workers": 7}[setup]
+    assert last["global_step"] == step + 1 == record["preempted"][0]["step"]  # the batch it was in
+    steps_per_epoch = {"digits_augmented": 20, "fusion_dropout": 7, "webdataset_workers": 7,
+                       "webdataset_workers_second_epoch": 7}[setup]
     assert last["global_step"] % steps_per_epoch != 0  # mid-epoch
     assert not (run / "checkpoints" / "last.ckpt.part").exists()
 

@@ -46,11 +46,14 @@ def test_without_network_the_manifest_says_what_failed(tmp_path):
 def test_local_models_need_nothing_fetched(tmp_path, tiny_causal_lm):
     manifest = tmp_path / "manifest.json"
     result = prefetch(["experiment=captioner_shapes", f"strategy.net.decoder_name={tiny_causal_lm}",
-                       f"strategy.caption_tokenizer.name_or_path={tiny_causal_lm}",
+                       f"inputs.text.tokenizer.name_or_path={tiny_causal_lm}",
                        "--manifest", str(manifest)], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     items = json.loads(manifest.read_text())["items"]
     assert [i["status"] for i in items] == ["local", "local"]
+    # the caption decoder and its tokenizer (the text side's), each under its own option
+    assert sorted(i["option"] for i in items) == ["inputs.text.tokenizer.name_or_path",
+                                                 "strategy.net.decoder_name"]
 
 
 def test_a_mistake_in_the_overrides_is_one_line(tmp_path):
@@ -93,7 +96,7 @@ def test_an_offline_node_runs_from_the_cache_prefetch_filled(tmp_path, tiny_caus
     snapshot = hub_cache_with(cache, "lmvision-test/tiny-gpt2", tiny_causal_lm)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "hf")}
     args = ["experiment=captioner_shapes", "strategy.net.decoder_name=lmvision-test/tiny-gpt2",
-            "strategy.caption_tokenizer.name_or_path=lmvision-test/tiny-gpt2"]
+            "inputs.text.tokenizer.name_or_path=lmvision-test/tiny-gpt2"]
     manifest = tmp_path / "manifest.json"
     result = prefetch([*args, "--manifest", str(manifest)], tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-2000:]

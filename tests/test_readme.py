@@ -59,7 +59,7 @@ def named_runs(tmp_path_factory):
     train(compose(["experiment=captioner_shapes", "data.image_size=16", "data.num_images=300",
                    "logger=csv", "debug=limit"], runs["<captioner_shapes run>"]))
     train(compose(["experiment=pixel_lm_digits", "logger=csv", "debug=limit",
-                   "strategy.samples=0"], runs["<pixel_lm_digits run>"]))
+                   "evaluation.samples.images=0"], runs["<pixel_lm_digits run>"]))
     train(compose(["data.image_size=16", "data.colors=distinct", "data.num_images=300",
                    "logger=csv", "debug=limit"], runs["<judge run>"]))
     return runs
@@ -128,12 +128,14 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
         args = args[:2] + [re.sub(r"^([^=\[]+)=([^,\[]*),.*$", r"\1=\2", a) for a in args[2:]
                            if a not in ("-m", "--multirun")] + ["--cfg", "job"]
     else:
-        args.append("debug=fdr")
-        if any(w.startswith("hparams_search=") for w in words):
-            args.append("hydra.sweeper.n_trials=2")  # a search: two trials are enough here
         resume = any(w.startswith("ckpt_path=") for w in words) and "train=false" not in words \
             and words[0].endswith("lmvision-train")
-        if not resume:  # a resume continues in its run's directory
+        # a resume takes its run's config, tiny already (debug=limit), and may not change what
+        # is learned: it trains one more epoch, in its run's directory
+        args.append("trainer.max_epochs=2" if resume else "debug=fdr")
+        if any(w.startswith("hparams_search=") for w in words):
+            args.append("hydra.sweeper.n_trials=2")  # a search: two trials are enough here
+        if not resume:
             args += [f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     result = run_cli(args, cwd=tmp_path, timeout=900)
     assert result.returncode == 0, f"{sys.executable} {' '.join(args)}\n{result.stderr[-3000:]}"

@@ -21,9 +21,14 @@ from lmvision.errors import UserError
 from lmvision.train import train
 
 SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
-EXPERIMENT_OF = {"image_classifier": None, "fusion": "fusion_shapes", "aux_text": "aux_text_shapes",
-                 "pixel_lm": "pixel_lm_digits", "pixel_lm_finetune": "pixel_lm_digits",
-                 "captioner": "captioner_shapes"}
+# the run each search space is meant for (its search space's comment): the overrides that pick it
+EXPERIMENT_OF = {"image_classifier": [], "fusion": ["experiment=fusion_shapes"],
+                 "aux_text": ["experiment=aux_text_shapes"],
+                 "pixel_lm": ["experiment=pixel_lm_digits"],
+                 # fine-tuning (usually from a pretrained run's init_from; it also works from
+                 # scratch, fitting its own palette)
+                 "pixel_lm_finetune": ["experiment=pixel_lm_digits", "strategy=pixel_lm_finetune"],
+                 "captioner": ["experiment=captioner_shapes"]}
 TINY = ["data.num_images=300", "trainer=cpu", "logger=csv", "debug=limit"]
 
 
@@ -80,10 +85,10 @@ def test_every_search_space_names_real_options_and_runs(make_cfg, tmp_path, sear
     for key, dist in distributions.items():
         value = dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
         point.append(f"{key}={value}")
-    experiment = EXPERIMENT_OF[search]
-    args = [f"experiment={experiment}"] if experiment else []
-    metrics = train(make_cfg(*args, *point, "debug=fdr"))
-    assert metrics and json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "completed"
+    metrics = train(make_cfg(*EXPERIMENT_OF[search], *point, "debug=fdr"))
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert metrics and record["status"] == "completed"
+    assert record["choices"]["strategy"] == search  # the strategy the space is for
 
 
 def summary(sweep) -> dict:

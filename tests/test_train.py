@@ -35,7 +35,7 @@ def csv_rows(run_dir: Path) -> list[dict]:
 # experiments on a user's data: tiny files in the real format, and a small network on a CPU
 NEEDS_FILES = {"pixel_lm_cifar10": ["strategy.net.num_colors=64", "strategy.net.dim=64",
                                     "strategy.net.depth=2", "strategy.net.heads=2",
-                                    "strategy.samples=0"]}
+                                    "evaluation.samples.images=0"]}
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -125,7 +125,9 @@ RESUMABLE = {
 @pytest.mark.parametrize("setup", sorted(RESUMABLE))
 def test_resume_in_place_equals_an_uninterrupted_run(make_cfg, tmp_path, setup):
     """4 epochs straight vs 2 epochs, stop, resume to 4 in the same directory: same weights,
-    same metrics (best value included), one record, one CSV log, no renamed checkpoints."""
+    same metrics (best value included), one record, one CSV log, no renamed checkpoints. The
+    resume repeats the first command's options (image_classifier) or gives ckpt_path alone
+    (fusion_scratch): the run's config comes from its checkpoint either way."""
     args = [*RESUMABLE[setup], "trainer.max_epochs=4"]
     straight = train(make_cfg(*args, output_dir=tmp_path / "a"))
     run = tmp_path / "b"
@@ -133,7 +135,8 @@ def test_resume_in_place_equals_an_uninterrupted_run(make_cfg, tmp_path, setup):
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
     assert read(run / "run.json")["status"] == "stopped" and "test/acc" not in first_job
     last = run / "checkpoints" / "last.ckpt"
-    resumed = train(make_cfg(*args, f"ckpt_path={last}", output_dir=run))
+    again = args if setup == "image_classifier" else []
+    resumed = train(make_cfg(*again, f"ckpt_path={last}", output_dir=run))
 
     assert_same_final_weights(tmp_path / "a" / "checkpoints" / "last.ckpt", last)
     assert resumed == straight
@@ -171,10 +174,13 @@ def test_selection_metric_can_be_the_lowest_validation_loss(make_cfg, tmp_path):
 
 
 def test_train_false_tests_a_checkpoint(make_cfg, tmp_path):
-    trained = train(make_cfg(*TINY, "debug=limit", "trainer.limit_test_batches=1.0",
+    """``train=false`` rebuilds what was trained from the checkpoint's config (as lmvision-eval
+    does): the MLP head it was trained with is not repeated on the command line."""
+    trained = train(make_cfg(*TINY, "debug=limit", "trainer.limit_test_batches=1.0", "head=mlp",
                              output_dir=tmp_path / "a"))
     best = read(tmp_path / "a" / "run.json")["checkpoints"]["best"]
-    tested = train(make_cfg(*TINY, "train=false", f"ckpt_path={best}", output_dir=tmp_path / "t"))
+    tested = train(make_cfg("logger=csv", "train=false", f"ckpt_path={best}",
+                            output_dir=tmp_path / "t"))
     assert tested["test/acc"] == trained["test/acc"] and tested["test/loss"] == trained["test/loss"]
     assert read(tmp_path / "t" / "run.json")["tested_checkpoint"] == best
     assert not (tmp_path / "t" / "checkpoints").exists()
@@ -228,7 +234,7 @@ def test_eval_tests_a_checkpoint_with_its_training_config(make_cfg, tmp_path):
     overrides = [f"ckpt_path={best}", "data.batch_size=500"]
     cfg = make_cfg(*overrides, config_name="eval", output_dir=tmp_path / "e")
     assert cfg.data.name == "shapes"  # eval.yaml's default, replaced by the checkpoint's config
-    metrics = evaluate(cfg, overrides=overrides)
+    metrics = evaluate(cfg)
     assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
     assert read(tmp_path / "e" / "metrics.json") == metrics
     record = read(tmp_path / "e" / "run.json")

@@ -309,7 +309,7 @@ def test_webdataset_under_ddp_each_sample_once_per_epoch(tmp_path):
     assert record["status"] == "completed" and record["device"]["world_size"] == 2
     assert record["class_split"]["items"]["train"] == 36  # 40 train items, 4 drawn for val
     data = WebDatasetShards({"train": train_pattern, "test": test_pattern}, image_size=16)
-    from lmvision.data.datamodule import own_split
+    from lmvision.data.class_splits import own_split
 
     split = own_split(data.split_indices, 0.1, 0)["train"].tolist()
     seen = [json.loads((run_dir / "seen" / f"seen-rank{r}.json").read_text()) for r in (0, 1)]

@@ -68,7 +68,7 @@ def needed(cfg: DictConfig) -> list[Item]:
 
     from lmvision.config.validate import source_of
 
-    items: dict[tuple[str, str], Item] = {}
+    items: dict[tuple[str, str, str], Item] = {}  # one per option naming a thing
 
     def visit(node: Any, path: str) -> None:
         if isinstance(node, DictConfig):
@@ -89,7 +89,9 @@ def needed(cfg: DictConfig) -> list[Item]:
             name, extra = f"{node.get('name')}:{name}", None
         item = Item(kind, str(name), source_of(cfg, f"{path}.{key}"),
                     str(extra) if extra is not None else None)
-        items.setdefault((item.kind, item.name), item)
+        # nodes that take it from one option (a text encoder and its tokenizer) list it once;
+        # two options naming the same model (a caption decoder and its tokenizer) list both
+        items.setdefault((item.kind, item.name, item.option), item)
 
     for section in ("inputs", "strategy", "data"):
         visit(select(cfg, section), section)

@@ -11,6 +11,7 @@ user wrote (``strategy.net.mode``, or ``data.batch_size`` when the value comes f
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from contextlib import contextmanager
@@ -25,14 +26,16 @@ from lmvision.errors import UserError, user_error_in
 LOGISTICS = ("cache_dir", "device", "wait_seconds", "batch_size")
 
 
-def instantiate_group(node: DictConfig | None) -> list[Any]:
+def instantiate_group(node: DictConfig | None, cfg: DictConfig | None = None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` of a dict-like group (callbacks, loggers,
-    evaluation); other entries (shared settings) are left alone."""
+    evaluation); other entries (shared settings) are left alone. ``cfg``: the whole config
+    ``node`` belongs to, so that an argument an entry refuses is named as the option the user
+    wrote (``explain.saliency``, where the entry interpolates it)."""
     from hydra.utils import instantiate
 
     if not node:
         return []
-    with user_errors(node):
+    with user_errors(node if cfg is None else cfg):
         return [instantiate(c) for c in node.values()
                 if isinstance(c, DictConfig) and "_target_" in c]
 
@@ -41,11 +44,16 @@ def text_recipe(cfg: DictConfig):
     """The run's :class:`~lmvision.text.side.TextRecipe` (``inputs.text``), or ``None``."""
     from hydra.utils import instantiate
 
-    node = OmegaConf.select(cfg, "inputs.text")
-    if node is None:
+    if OmegaConf.select(cfg, "inputs.text") is None:
         return None
     with user_errors(cfg):
-        return instantiate(node)
+        recipe = instantiate(untouched(cfg, "inputs.text"))
+    # the encoder, tokenizer and descriptions are made later, by the network and the data:
+    # an argument they refuse then is named as the option that set it
+    for part in ("tokenizer", "encoder", "descriptions"):
+        if getattr(recipe, part) is not None:
+            setattr(recipe, part, Named(getattr(recipe, part), cfg, f"inputs.text.{part}"))
+    return recipe
 
 
 def datamodule(cfg: DictConfig, recipe, tokenizer: Any | None = None):
@@ -55,7 +63,7 @@ def datamodule(cfg: DictConfig, recipe, tokenizer: Any | None = None):
 
     text = recipe.data_field(tokenizer) if recipe is not None else None
     with user_errors(cfg):
-        return instantiate(cfg.data.datamodule, text=text,
+        return instantiate(untouched(cfg, "data.datamodule"), text=text,
                            pixels=OmegaConf.select(cfg, "inputs.pixels") or "normalised")
 
 
@@ -91,7 +99,7 @@ def strategy(cfg: DictConfig, side):
     if not given["net"]:
         del given["net"]
     with user_errors(cfg):
-        return instantiate(cfg.strategy, **given)
+        return instantiate(untouched(cfg, "strategy"), **given)
 
 
 def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
@@ -111,6 +119,23 @@ def trainer(cfg: DictConfig, callbacks: list, loggers: list, **kwargs: Any):
         if isinstance(err.__cause__, MisconfigurationException):
             raise UserError(f"trainer: {err.__cause__}") from err
         raise
+
+
+class Named:
+    """Calls ``make`` (a factory built from the config node at ``node``); an argument it
+    refuses becomes a UserError naming the option the user wrote."""
+
+    def __init__(self, make: Any, cfg: DictConfig, node: str) -> None:
+        self.make, self.cfg, self.node = make, cfg, node
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.make(*args, **kwargs)
+        except ArgumentError as err:
+            message = option_message(self.cfg, self.node, err)
+            if message is None:
+                raise
+            raise UserError(message) from err
 
 
 @contextmanager
@@ -136,13 +161,13 @@ def user_errors(cfg: DictConfig) -> Iterator[None]:
 def option_message(cfg: DictConfig, node: str, error: ValueError) -> str | None:
     """``error``'s message with its argument renamed to the option that set it (following an
     interpolation to its source), or ``None`` when it names no argument of the node's target."""
-    from hydra.utils import get_class
+    from hydra.utils import get_object
 
     from lmvision.config.validate import source_of
 
     target = OmegaConf.select(cfg, f"{node}._target_")
     try:
-        names = parameters(get_class(target)) if target else []
+        names = parameters(get_object(target)) if target else []
     except (ImportError, ValueError):
         names = []
     if isinstance(error, ArgumentError):
@@ -158,6 +183,13 @@ def option_message(cfg: DictConfig, node: str, error: ValueError) -> str | None:
         return None
     option = source_of(cfg, f"{node}.{head}") + argument[len(head):]
     return error.renamed(option) if rest is None else option + rest
+
+
+def untouched(cfg: DictConfig, path: str) -> DictConfig:
+    """The node at ``path`` of a copy of ``cfg``: Hydra resolves the interpolations of what it
+    instantiates in place, which would change the run's config (what its checkpoints store and
+    what messages name) where a node interpolates a whole section."""
+    return OmegaConf.select(copy.deepcopy(cfg), path)
 
 
 def parameters(cls: Any, with_defaults: bool = False) -> Any:

@@ -110,12 +110,24 @@ def _source(raw: Any, key: str, path: str, root: dict) -> str:
 
 
 def source_of(cfg: DictConfig, path: str) -> str:
-    """The option the user set for the config key ``path``: ``data.datamodule.batch_size`` is
-    ``data.batch_size`` when it holds ``${data.batch_size}`` (followed to the end)."""
+    """The option the user set for the config key ``path``, following plain ``${a.b}``
+    interpolations, of the key or of a section on its way: ``data.datamodule.batch_size`` is
+    ``data.batch_size`` when it holds ``${data.batch_size}``, and
+    ``inputs.text.encoder.pooling`` is ``text_encoder.pooling`` when ``inputs.text.encoder``
+    holds ``${text_encoder.encoder}``, whose ``pooling`` holds ``${text_encoder.pooling}``."""
     root = OmegaConf.to_container(cfg, resolve=False)
-    parent, _, key = path.rpartition(".")
-    raw = _raw_at(root, parent) if parent else root
-    return _source(raw, key, path, root)
+    where: list[str] = []
+    for part in path.split("."):
+        where.append(part)
+        seen = set()
+        value = _raw_at(root, ".".join(where))
+        while isinstance(value, str) and (found := INTERPOLATION.match(value)):
+            if found.group(1) in seen:
+                break
+            seen.add(found.group(1))
+            where = found.group(1).split(".")
+            value = _raw_at(root, found.group(1))
+    return ".".join(where)
 
 
 def _raw_at(root: dict, path: str) -> Any:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from lmvision.data.protocol import DatasetBase
 
+from lmvision import checks
 from lmvision.errors import UserError
 
 LAYOUT = {
@@ -64,8 +65,7 @@ class CifarDataset(DatasetBase):
                  download: bool = False) -> None:
         if variant not in LAYOUT:
             raise UserError(f"data.variant={variant!r}: choose cifar10 or cifar100")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-            raise UserError(f"data.image_size={image_size!r}: expected a whole number, at least 8")
+        checks.whole_number("image_size", image_size, minimum=8)
         root_dir = Path(str(root)).expanduser()
         if download:
             fetch(root_dir, variant)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lmvision import checks
 from lmvision.errors import UserError
 
 
@@ -95,8 +96,7 @@ def restrict_split(split: dict[str, torch.Tensor], labels: torch.Tensor, classes
             out[name] = split[name][keep]
     if shots is None:
         return out
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise UserError(f"data.shots_per_class={shots!r}: expected a whole number, at least 1")
+    checks.whole_number("shots_per_class", shots)
     generator = torch.Generator().manual_seed(int(seed) * 7919 + 17)
     train, kept = out["train"], []
     train_labels = labels[train]
@@ -137,7 +137,7 @@ def seeded_split(n: int, val_fraction: float, test_fraction: float, seed: int) -
     }
 
 
-def missing_classes(dataset: Dataset, split: dict, classes: list[str], task: str,
+def missing_classes(dataset, split: dict, classes: list[str], task: str,
                     held_out: Sequence[int] = ()) -> list[str]:
     """One message per split that has no item of some class (single-label data only); the
     ``held_out`` classes are absent from train and val on purpose."""

@@ -16,8 +16,9 @@ from lmvision.data.class_splits import (DataConfigError, choose_holdout, missing
                                         own_split, restrict_split, seeded_split)
 from lmvision.data.collate import BatchCollator
 from lmvision.data.protocol import missing_attributes, strings_of
-from lmvision.data.samplers import (EpochShuffleSampler, ItemView, ResumableDistributedSampler,
-                                    ResumableLoader, UnpaddedDistributedSampler, batches_trained)
+from lmvision.data.samplers import (EpochShuffleSampler, ItemView, LoaderState,
+                                    ResumableDistributedSampler, ResumableLoader,
+                                    UnpaddedDistributedSampler, batches_trained)
 from lmvision.data.shard_sampler import ShardBatches
 from lmvision.data.validation import check_colour_preserving, dataset_labels, validate_dataset
 
@@ -28,7 +29,7 @@ class SplitWarning(UserWarning):
     """A split misses some classes (tiny data): its metrics cover only the others."""
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(LoaderState, pl.LightningDataModule):
     """Splits a dataset into train/val/test with a seed and serves batches as dicts.
 
     The dataset (:class:`~lmvision.data.protocol.ImageDataset`) is checked against the values
@@ -63,18 +64,16 @@ class ImageDataModule(pl.LightningDataModule):
             ``split_seed``; ``None`` keeps all.
         shuffle_window: For data in shards (``webdataset``): training items are shuffled
             within runs of this many items of a process's shards (and the shards each epoch).
-        text: The string field a run reads (a :class:`~lmvision.text.side.TextField`, given by
-            the run session): its tokenizer is made here, from the training split, and the
-            field is tokenised in every batch; ``None``: batches carry strings only.
-        pixels: ``normalised`` (default), or ``raw``: floats in [0, 1], for a model of pixel
-            values (``pixel_lm``), without augmentation; ``raw_augmented`` keeps the
-            augmentation, which must then only move pixels (geometric, nearest-neighbour).
+        text: The string field a run reads (a :class:`~lmvision.text.side.TextField`, from the
+            run session): its tokenizer is made here, from the training split, and the field
+            tokenised in every batch; ``None``: batches carry strings only.
+        pixels: ``normalised``, ``raw`` (floats in [0, 1], unaugmented: a model of pixel
+            values), or ``raw_augmented`` (augmentation that only moves pixels).
 
-    Under DDP each process gets its share of the training set (padded to equal length, as DDP
-    needs) and of val/test *without* padding: every item is evaluated exactly once, so metrics
-    equal one process's. Data in shards (a dataset with ``shard_of``) is served by
-    :class:`ShardBatches`: each process and loader worker reads its own shards. Training
-    resumes mid-epoch through the loader (:class:`~lmvision.data.samplers.ResumableLoader`).
+    Under DDP each process gets its share of the training set (padded to equal length) and of
+    val/test without padding: every item is evaluated exactly once. Data in shards
+    (``shard_of``) is served by :class:`ShardBatches`: each process and loader worker reads its
+    own shards. Training resumes mid-epoch through the loader (``samplers.ResumableLoader``).
     """
 
     def __init__(
@@ -151,27 +150,25 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _transforms(self, mean, std, pixels: str) -> None:
         to_float = [v2.ToDtype(torch.float32, scale=True)]
-        if pixels == "normalised":
-            mean = list(mean) if mean is not None else [0.5] * self.channels
-            std = list(std) if std is not None else [0.5] * self.channels
-            norm = [v2.Normalize(mean=mean, std=std)]
-            self.train_transform = v2.Compose(to_float + self.augment + norm)
-            self.eval_transform = v2.Compose(to_float + norm)
-            self.mean, self.std = mean, std
-            return
-        if pixels == "raw_augmented":
-            for transform in self.augment:
+        if pixels != "normalised":  # a model of pixel values: floats in [0, 1]
+            for transform in self.augment if pixels == "raw_augmented" else []:
                 check_colour_preserving(transform)
-        kept = self.augment if pixels == "raw_augmented" else []
-        self.train_transform = v2.Compose(to_float + kept)
-        self.eval_transform = v2.Compose(to_float)
-        self.mean, self.std = [0.0] * self.channels, [1.0] * self.channels
+            kept = self.augment if pixels == "raw_augmented" else []
+            self.train_transform, self.eval_transform = (v2.Compose(to_float + kept),
+                                                         v2.Compose(to_float))
+            self.mean, self.std = [0.0] * self.channels, [1.0] * self.channels
+            return
+        self.mean = list(mean) if mean is not None else [0.5] * self.channels
+        self.std = list(std) if std is not None else [0.5] * self.channels
+        norm = [v2.Normalize(mean=self.mean, std=self.std)]
+        self.train_transform = v2.Compose(to_float + self.augment + norm)
+        self.eval_transform = v2.Compose(to_float + norm)
 
     def _make_tokenizer(self, text: Any | None) -> Any | None:
         """The tokenizer of the field the run reads, made from the training split."""
         if text is None:
             return None
-        if not self.has_strings(text.name):
+        if text.in_batches and strings_of(self.dataset, text.name) is None:  # else: none needed
             raise DataConfigError(f"{self.dataset.source or type(self.dataset).__name__}: this "
                                   f"data has no {text.name} per item, and this strategy reads "
                                   "one; choose data that has them, or another strategy")
@@ -188,10 +185,6 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def fingerprint(self) -> str | None:
         return self.dataset.fingerprint
-
-    def has_strings(self, key: str) -> bool:
-        """Whether the items carry ``key`` (``text``, ``caption``): file datasets may not."""
-        return strings_of(self.dataset, key) is not None
 
     def texts(self, key: str = "text") -> list[str]:
         """The ``text`` (or ``caption``) string of every item, in dataset order."""
@@ -272,16 +265,16 @@ class ImageDataModule(pl.LightningDataModule):
         layout = {"devices x nodes": world, "data.batch_size": self.batch_size}
         if shards is not None:  # a shard's batches are cut per loader worker
             layout["data.num_workers"] = self.num_workers
-        return ResumableLoader(data, position=lambda: (trainer.current_epoch,
-                                                       batches_trained(trainer),
-                                                       trainer.num_training_batches),
-                               layout=layout, items_per_batch=batch_size, **common)
+        return self.resumed(ResumableLoader(data, position=lambda: (trainer.current_epoch,
+                                                                    batches_trained(trainer),
+                                                                    trainer.num_training_batches),
+                                            layout=layout, items_per_batch=batch_size, **common))
 
-    def _pin_memory(self) -> bool:
-        if self.pin_memory is not None:
-            return self.pin_memory
-        accelerator = getattr(self.trainer, "accelerator", None)
-        return type(accelerator).__name__ == "CUDAAccelerator"
+    def _pin_memory(self) -> bool:  # by default, when the trainer runs on a CUDA GPU
+        from pytorch_lightning.accelerators import CUDAAccelerator
+
+        cuda = self.trainer is not None and isinstance(self.trainer.accelerator, CUDAAccelerator)
+        return cuda if self.pin_memory is None else self.pin_memory
 
     def _check_against_dataset(self, val_fraction: float, test_fraction: float) -> None:
         ds = self.dataset

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from lmvision.data import spec
 from lmvision.data.in_memory import InMemoryDataset
-from lmvision.errors import UserError
+from lmvision import checks
 
 _CAPTIONS = (
     "a handwritten {name}",
@@ -40,8 +40,7 @@ class DigitsDataset(InMemoryDataset):
     def __init__(self, image_size: int = 8, seed: int = 0) -> None:
         from sklearn.datasets import load_digits
 
-        if int(image_size) < 8:
-            raise UserError(f"data.image_size must be at least 8 for digits, got {image_size!r}")
+        checks.whole_number("image_size", image_size, minimum=8)
         bunch = load_digits()
         pixels = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
         if int(image_size) != 8:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lmvision.data.protocol import DatasetBase
 
+from lmvision import checks, compat
 from lmvision.errors import UserError
 
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val",
@@ -99,8 +100,7 @@ class HFDataset(DatasetBase):
 
     def __init__(self, name: str, columns: dict[str, str | None], image_size: int,
                  channels: int = 3, revision: str | None = None) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise UserError(f"data.image_size={image_size!r}: expected a whole number of pixels")
+        checks.whole_number("image_size", image_size)
         if channels not in (1, 3):
             raise UserError(f"data.channels={channels!r}: choose 1 (grey) or 3 (RGB)")
         columns = dict(columns)
@@ -160,6 +160,6 @@ class HFDataset(DatasetBase):
     def fingerprint(self) -> str:
         h = hashlib.sha256(self.name.encode())
         for _, piece in self.pieces:
-            h.update(str(getattr(piece, "_fingerprint", len(piece))).encode())
+            h.update(compat.dataset_fingerprint(piece).encode())
         h.update(self.labels.numpy().tobytes())
         return h.hexdigest()[:16]

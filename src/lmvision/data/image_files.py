@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from lmvision.data.protocol import DatasetBase
 
+from lmvision import checks
 from lmvision.errors import UserError
 
 ON_BAD_ITEM = ("error", "skip")
@@ -117,9 +118,7 @@ class ImageFilesDataset(DatasetBase):
                  splits: list[str] | None = None, on_bad_item: str = "error", verify: bool = True,
                  source: str = "", where: list[str] | None = None,
                  cache_images: bool = False) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise UserError(f"data.image_size={image_size!r}: expected a whole number of pixels, "
-                            "at least 1")
+        checks.whole_number("image_size", image_size)
         if channels not in (1, 3):
             raise UserError(f"data.channels={channels!r}: image files are read as 1 (grey) or "
                             "3 (RGB) channels")

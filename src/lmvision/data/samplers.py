@@ -146,6 +146,12 @@ class ResumableLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self.position, self.layout, self.items_per_batch = position, dict(layout), items_per_batch
 
+    def __iter__(self) -> Iterator[Any]:
+        # nothing is drawn before the first batch is asked for: Lightning may start the epoch's
+        # iterator before it restores a checkpoint and sets the sampler's epoch, and loader
+        # workers draw their first batches as soon as an iterator exists
+        yield from super().__iter__()
+
     def state_dict(self) -> dict[str, Any]:
         epoch, done, total = self.position()
         if not 0 < done < total:  # at an epoch's boundary there is nothing to skip
@@ -171,3 +177,34 @@ class ResumableLoader(DataLoader):
     def sampler_skips_batches(self) -> bool:
         """Whether the batch sampler is lmvision's own (shards), which skips whole batches."""
         return hasattr(self.batch_sampler, "skip")
+
+
+class LoaderState:
+    """The datamodule's part in a mid-epoch resume: it saves its training loader's state (that
+    of :class:`ResumableLoader`) and hands a checkpoint's to the loader it builds.
+
+    Lightning saves and restores a stateful loader's state itself, but hands it back only when
+    it builds the loader after restoring the checkpoint; a scheduler that reads
+    ``trainer.estimated_stepping_batches`` makes it build the loader before, and the state is
+    then never handed back (Lightning issue #20550). A datamodule's state is restored before
+    anything is built.
+    """
+
+    _train_loader: ResumableLoader | None = None
+    _loader_state: dict[str, Any] | None = None  # a checkpoint's, for the next training loader
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._train_loader.state_dict() if self._train_loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._loader_state = dict(state)
+        if self._train_loader is not None:  # built before the restore (some strategies)
+            self.resumed(self._train_loader)
+
+    def resumed(self, loader: ResumableLoader) -> ResumableLoader:
+        """``loader``, this datamodule's training loader from now on, with the checkpoint's
+        state (once)."""
+        if self._loader_state:
+            loader.load_state_dict(self._loader_state)
+        self._train_loader, self._loader_state = loader, None
+        return loader

@@ -42,7 +42,8 @@ import torch
 
 from lmvision.data import spec
 from lmvision.data.in_memory import InMemoryDataset
-from lmvision.errors import UserError
+from lmvision.data.shapes_text import CAPTION_TEMPLATES, caption, side_text
+from lmvision import checks
 from lmvision.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -87,22 +88,13 @@ class ShapesDataset(InMemoryDataset):
         num_captions: int = 5,
         cache_dir: str | os.PathLike | None = None,
     ) -> None:
-        if int(num_images) < 1:
-            raise UserError(f"data.num_images must be a positive count, got {num_images!r}")
-        if int(image_size) < 16:
-            raise UserError(f"data.image_size must be at least 16 for shapes, got {image_size!r}")
+        checks.whole_number("num_images", num_images)
+        checks.whole_number("image_size", image_size, minimum=16)
         self.classes = spec.shapes_classes(target)  # validates target with a clear message
-        if colors not in spec.SHAPES_COLORINGS:
-            raise UserError(f"data.colors={colors!r}: choose one of {', '.join(spec.SHAPES_COLORINGS)}")
-        self.colors = colors
-        if not 0 <= int(noise) <= 127:
-            raise UserError(f"data.noise must be an integer in [0, 127] (8-bit levels), "
-                            f"got {noise!r}")
-        self.noise = int(noise)
-        if not 1 <= int(num_captions) <= len(_CAPTION_TEMPLATES):
-            raise UserError(f"data.num_captions must be between 1 and {len(_CAPTION_TEMPLATES)} "
-                            f"(distinct phrasings), got {num_captions!r}")
-        self.num_captions = int(num_captions)
+        self.colors = checks.choice("colors", colors, spec.SHAPES_COLORINGS)
+        self.noise = checks.whole_number("noise", noise, minimum=0, maximum=127)  # 8-bit levels
+        self.num_captions = checks.whole_number("num_captions", num_captions,
+                                                maximum=len(CAPTION_TEMPLATES))
         # classes that combine attributes: a holdout of classes keeps every part seen
         self.class_parts = spec.shapes_class_parts(target)
         self.num_images = int(num_images)
@@ -213,19 +205,19 @@ def render_shapes(num_images: int, image_size: int, seed: int, colors: str = "pa
     images = img.astype(np.uint8)  # (N, 3, H, W)
 
     attributes = list(zip(shape, color, size, position))
-    firsts = [_caption(rng, *a) for a in attributes]
+    firsts = [caption(rng, *a) for a in attributes]
     strings = {
-        "captions": [caption for caption, _ in firsts],
-        "texts": [_side_text(rng, sh, co) for sh, co in zip(shape, color)],
+        "captions": [text for text, _ in firsts],
+        "texts": [side_text(rng, sh, co) for sh, co in zip(shape, color)],
     }
     # further phrasings from their own stream: the images and first captions stay as they were
     more = np.random.default_rng([seed, 1])
-    single = [[caption] for caption in strings["captions"]]
+    single = [[text] for text in strings["captions"]]
     strings["references"] = single if num_captions == 1 else [
-        [caption] + [_caption(more, *a, template=int(t))[0] for t in
-                     more.permutation([t for t in range(len(_CAPTION_TEMPLATES)) if t != first])
-                     [:num_captions - 1]]
-        for (caption, first), a in zip(firsts, attributes)]
+        [text] + [caption(more, *a, template=int(t))[0] for t in
+                  more.permutation([t for t in range(len(CAPTION_TEMPLATES)) if t != first])
+                  [:num_captions - 1]]
+        for (text, first), a in zip(firsts, attributes)]
     arrays = {"images": images, "shape": shape, "color": color, "size": size,
               "position": position, "mask": mask}
     return arrays, strings
@@ -279,49 +271,3 @@ def _hsv_to_rgb(h, s, v):
         np.stack([p, q, v], 1), np.stack([t, p, v], 1), np.stack([v, p, q], 1),
     ])  # (6, N, 3)
     return table[i, np.arange(len(h))]
-
-
-_SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big", "sizeable")}
-_POSITION_WORDS = {
-    "top left": ("top left corner", "upper left", "top-left area"),
-    "top right": ("top right corner", "upper right", "top-right area"),
-    "bottom left": ("bottom left corner", "lower left", "bottom-left area"),
-    "bottom right": ("bottom right corner", "lower right", "bottom-right area"),
-    "center": ("center", "middle", "centre of the frame"),
-}
-_CAPTION_TEMPLATES = (
-    "a {size} {color} {shape} in the {pos}",
-    "There is a {size} {color} {shape} in the {pos}.",
-    "A {color} {shape}, {size}, placed in the {pos}.",
-    "In the {pos} sits a {size} {shape} coloured {color}.",
-    "A picture of a {color} {shape}; it is {size} and lies in the {pos}.",
-    "{Size} {color} {shape} near the {pos} on a dark background.",
-    "The image shows a {size} {shape} in {color}, located in the {pos}.",
-    "One {color} {shape} ({size}) in the {pos} of the image.",
-)
-_TEXT_TEMPLATES = (
-    "The object is {color}; it is either a {a} or a {b}.",
-    "Note: {color}, a {a} or a {b}.",
-    "Someone wrote that it was {color} and looked like a {a} or maybe a {b}.",
-    "Colour {color}. Shape: {a} or {b}, not sure which.",
-    "A {color} thing, could be a {a}, could be a {b}.",
-    "Label on the back: {color} ({a}/{b}).",
-)
-
-
-def _caption(rng, shape, color, size, position, template: int | None = None) -> tuple[str, int]:
-    """A caption of the attributes and the index of its template (drawn unless given)."""
-    size_word = _SIZE_WORDS[spec.SIZES[size]][rng.integers(3)]
-    drawn = int(rng.integers(len(_CAPTION_TEMPLATES)))
-    index = drawn if template is None else template
-    return _CAPTION_TEMPLATES[index].format(
-        size=size_word, Size=size_word.capitalize(), color=spec.COLORS[color],
-        shape=spec.SHAPES[shape], pos=_POSITION_WORDS[spec.POSITIONS[position]][rng.integers(3)],
-    ), index
-
-
-def _side_text(rng, shape, color) -> str:
-    family = next(f for f in spec.SHAPE_FAMILIES if spec.SHAPES[shape] in f)
-    a, b = family if rng.integers(2) == 0 else family[::-1]
-    template = _TEXT_TEMPLATES[rng.integers(len(_TEXT_TEMPLATES))]
-    return template.format(color=spec.COLORS[color], a=a, b=b)

@@ -16,7 +16,7 @@ from pytorch_lightning import Callback
 
 from lmvision import checks
 from lmvision.errors import UserError
-from lmvision.evaluation.samples import sampling_settings
+from lmvision.evaluation.samples import check_sampling, sampling_settings
 from lmvision.run.checkpoints import restore_network
 
 JUDGE = "lmvision.strategies.classification.ClassificationStrategy"  # an image_classifier
@@ -41,6 +41,7 @@ class GenerationAccuracy(Callback):
         self._judge: tuple[torch.nn.Module, Callable] | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        check_sampling(self.sampling, pl_module.net.conditions)
         if self.judge_path and self._judge is None:  # a bad path is refused before training
             self._judge = load_judge(self.judge_path, trainer.datamodule,
                                      pl_module.net.gpt.num_classes or trainer.datamodule.num_classes)

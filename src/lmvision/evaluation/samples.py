@@ -16,6 +16,7 @@ import torch
 from pytorch_lightning import Callback
 
 from lmvision import checks
+from lmvision.errors import UserError
 from lmvision.evaluation.figures import image_grid_figure, log_figure
 
 SAMPLING = ("temperature", "top_k", "top_p", "guidance", "compile")
@@ -39,6 +40,15 @@ def sampling_settings(sampling: Mapping[str, Any] | None, conditions: tuple[str,
              "compile_step": bool(sampling.get("compile", False))}, guidance)
 
 
+def check_sampling(sampling: Mapping[str, Any] | None, conditions: tuple[str, ...]) -> None:
+    """Refuse, when a run sets up (before training), ``sampling`` settings that the model
+    cannot sample with, naming the option the user wrote (``evaluation.sampling.guidance``)."""
+    try:
+        sampling_settings(sampling, conditions)
+    except checks.ArgumentError as err:
+        raise UserError(err.renamed(f"evaluation.{err.argument}")) from err
+
+
 class SampleGrids(Callback):
     """Draws the sample grids of a ``pixel_lm`` run at validation.
 
@@ -56,6 +66,9 @@ class SampleGrids(Callback):
         self.every_n_epochs = checks.whole_number("every_n_epochs", every_n_epochs)
         self.sampling = dict(sampling or {})
         self._shown: dict[str, Any] | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        check_sampling(self.sampling, pl_module.net.conditions)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:

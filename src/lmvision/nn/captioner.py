@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lmvision.errors import UserError
+from lmvision import checks
 from lmvision.text.side import TextSide
 from lmvision.text.tokenizers import CausalFormat
 
@@ -109,8 +109,7 @@ class Captioner(nn.Module):
         ``max_length`` tokens (default: the longest caption the decoder was built for), at
         least ``min_length`` (EOS is held back until then; e.g. to time fixed lengths).
         Decoded by :func:`generate_after` (Hugging Face ``generate``, with the KV cache)."""
-        if decoding not in DECODINGS:
-            raise UserError(f"decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
+        checks.choice("decoding", decoding, DECODINGS)
         tokens, _ = self.encode(images)
         return generate_after(self.decoder, self.prefix(tokens), self.bos_id, self.eos_id,
                               self.pad_id, max_new=max_length or self.max_length - 1,
@@ -137,8 +136,7 @@ def generate_after(decoder: nn.Module, prefix: torch.Tensor, bos_id: int, eos_id
     included, ``pad_id`` after it; T is at most ``max_new`` and shorter when every row has
     ended.
     """
-    if decoding not in DECODINGS:
-        raise UserError(f"decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
+    checks.choice("decoding", decoding, DECODINGS)
     bos = decoder.get_input_embeddings()(
         torch.full((prefix.shape[0], 1), bos_id, dtype=torch.long, device=prefix.device))
     embeds = torch.cat([prefix, bos], 1)
@@ -179,7 +177,7 @@ def build_decoder(name: str | None, vocab_size: int, dim: int, depth: int, heads
 
     if name is None:
         if dim % heads:
-            raise UserError(f"strategy.net.dim={dim} must be a multiple of strategy.net.heads={heads}")
+            raise checks.ArgumentError("dim", f"must be a multiple of heads={heads}", dim)
         config = GPT2Config(vocab_size=vocab_size, n_positions=positions, n_embd=dim,
                             n_layer=depth, n_head=heads, resid_pdrop=dropout, embd_pdrop=dropout,
                             attn_pdrop=dropout, bos_token_id=bos_id, eos_token_id=eos_id,

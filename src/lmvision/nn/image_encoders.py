@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmvision import checks
 from lmvision.errors import UserError
 
 
@@ -78,10 +79,9 @@ class TorchvisionEncoder(nn.Module):
         import torchvision
 
         if name not in torchvision.models.list_models():
-            raise UserError(
-                f"backbone.name={name!r} is not a torchvision model; see "
-                "torchvision.models.list_models() (for timm models use backbone=timm)"
-            )
+            raise checks.ArgumentError("name", "not a torchvision model; see "
+                                       "torchvision.models.list_models() (for timm models use "
+                                       "backbone=timm)", name)
         if name.startswith("vit_") and weights is None:
             kwargs.setdefault("image_size", image_size)
         model = torchvision.models.get_model(name, weights=weights, **kwargs)
@@ -90,7 +90,8 @@ class TorchvisionEncoder(nn.Module):
         self._vit = hasattr(model, "class_token") and hasattr(model, "conv_proj")
         if small_input:
             if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
-                raise UserError(f"backbone.small_input=true needs a ResNet-style stem; {name} has none")
+                raise checks.ArgumentError("small_input", f"needs a ResNet-style stem; {name} has "
+                                           "none", small_input)
             model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
             model.maxpool = nn.Identity()
         if self._vit:
@@ -102,10 +103,9 @@ class TorchvisionEncoder(nn.Module):
         elif hasattr(model, "features") and hasattr(model, "classifier"):
             self.model = model.features
         else:
-            raise UserError(
-                f"backbone.name={name!r}: lmvision knows torchvision models with `fc`, with "
-                "`features` + `classifier`, and ViTs; use backbone=timm for others"
-            )
+            raise checks.ArgumentError("name", "lmvision knows torchvision models with `fc`, "
+                                       "with `features` + `classifier`, and ViTs; use "
+                                       "backbone=timm for others", name)
         self.eval()  # probe the feature size without touching batch-norm statistics
         with torch.no_grad():
             probe = self.tokens(torch.zeros(1, in_channels, image_size, image_size))
@@ -146,7 +146,7 @@ class TimmEncoder(nn.Module):
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise UserError("backbone=timm needs timm: pip install 'lmvision[timm]'") from err
         if name not in timm.list_models() and name not in timm.list_models(pretrained=True):
-            raise UserError(f"backbone.name={name!r} is not a timm model; see timm.list_models()")
+            raise checks.ArgumentError("name", "not a timm model; see timm.list_models()", name)
         self.model = timm.create_model(name, pretrained=pretrained, num_classes=0,
                                        in_chans=in_channels, **kwargs)
         self.out_dim = int(self.model.num_features)
@@ -180,9 +180,10 @@ class SmallViT(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         if image_size % patch_size:
-            raise UserError(f"image_size={image_size} is not a multiple of patch_size={patch_size}")
+            raise checks.ArgumentError("image_size", f"not a multiple of patch_size={patch_size}",
+                                       image_size)
         if dim % heads:
-            raise UserError(f"dim={dim} is not divisible by heads={heads}")
+            raise checks.ArgumentError("dim", f"not divisible by heads={heads}", dim)
         n = (image_size // patch_size) ** 2
         self.patch = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmvision import checks
 from lmvision.errors import UserError
 
 
@@ -26,10 +27,8 @@ class PaletteQuantizer(nn.Module):
 
     def __init__(self, num_colors: int, channels: int) -> None:
         super().__init__()
-        if isinstance(num_colors, bool) or not isinstance(num_colors, int) or num_colors < 2:
-            raise UserError(f"strategy.net.num_colors must be a whole number >= 2, got {num_colors!r}")
-        if channels not in (1, 3):
-            raise UserError(f"a palette needs 1 or 3 channels, got {channels}")
+        checks.whole_number("num_colors", num_colors, minimum=2)
+        checks.choice("channels", channels, (1, 3))
         self.num_colors, self.channels = num_colors, channels
         self.register_buffer("palette", torch.zeros(num_colors, channels))
         self.register_buffer("fitted", torch.tensor(False))

@@ -24,34 +24,18 @@ the whole sequence. All give the same tokens.
 from __future__ import annotations
 
 import math
-import warnings
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmvision import checks
 from lmvision.errors import UserError
+from lmvision.nn.pixel_cache import KVCache
+from lmvision.nn.pixel_graphs import _GRAPHS, cuda_graph_replay, stepper  # noqa: F401
 from lmvision.nn.sampling import pick
 
 ATTENTIONS = ("sdpa", "naive")
-# per model, the CUDA graph of its cached step and the cache it writes, kept between calls
-# when the cache takes at most KEEP_GRAPH_BYTES (a large one is freed after its call)
-_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-KEEP_GRAPH_BYTES = 256 * 2**20
-
-
-class KVCache:
-    """Keys and values of every layer for sequences of up to ``length`` tokens."""
-
-    def __init__(self, depth: int, batch: int, heads: int, length: int, head_dim: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        shape = (2, batch, heads, length, head_dim)
-        # per layer, keys and values in one tensor: a step writes both with one kernel
-        self.pairs = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(depth)]
-        self.keys = [pair[0] for pair in self.pairs]  # views of ``pairs``
-        self.values = [pair[1] for pair in self.pairs]
-        self.slots = torch.arange(length, device=device)  # the cache's positions, for the mask
 
 
 class Block(nn.Module):
@@ -148,13 +132,12 @@ class PixelGPT(nn.Module):
                  depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0,
                  attention: str = "sdpa") -> None:
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise UserError(f"strategy.net.attention must be one of {', '.join(ATTENTIONS)}, "
-                            f"got {attention!r}")
+        checks.choice("attention", attention, ATTENTIONS)
         if dim % heads:
-            raise UserError(f"strategy.net.dim={dim} must be a multiple of strategy.net.heads={heads}")
+            raise checks.ArgumentError("dim", f"must be a multiple of heads={heads}", dim)
         if caption_tokens and not text_vocab_size:
-            raise UserError("caption conditioning needs the caption tokenizer's vocabulary size")
+            raise checks.ArgumentError("text_vocab_size", "caption conditioning needs the caption "
+                                       "tokenizer's vocabulary size", text_vocab_size)
         self.num_colors, self.num_pixels = num_colors, num_pixels
         self.num_classes, self.caption_tokens = num_classes, caption_tokens
         self.dim, self.depth, self.heads = dim, depth, heads
@@ -280,7 +263,7 @@ class PixelGPT(nn.Module):
         ids = self.inputs(prefix, pixels)  # (rows, P + N)
         first = prefix.shape[1] + n_known  # the position whose output predicts pixel n_known
         if use_cache:
-            step, cache = self._stepper(rows, device, compile_step)  # before the pass below
+            step, cache = stepper(self, rows, device, compile_step)  # before the pass below
             logits = self(ids[:, :first + 1], cache, 0)[:, -1]
         drawn = []
         for i in range(n_known, self.num_pixels):
@@ -312,86 +295,3 @@ class PixelGPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block.step(x, cache, i, position, bias)
         return self.head(self.norm(x))[:, -1]
-
-    def _stepper(self, rows: int, device: torch.device, compiled: bool = False):
-        """``(token, position) -> logits`` and the cache it fills (whose slots before
-        ``position`` the caller writes, e.g. by :meth:`forward` with the cache).
-
-        On a CUDA device: :meth:`step` replayed as a CUDA graph, which then also moves its
-        position on by one. The graph and its cache are kept for the next call with the same
-        rows, device and parameters, if its cache takes at most ``KEEP_GRAPH_BYTES``
-        (capturing costs milliseconds: two warm-up steps, the capture, the graph's
-        instantiation). Its cache is zeroed for each call: slots after the position are masked,
-        but an infinite or NaN key or value that an earlier call left there would still reach
-        the output (through the additive mask, and as a zero weight times it). Elsewhere, in
-        training mode, or when capture fails: :meth:`forward` on the one token with a new
-        cache. ``compiled``: the step goes through ``torch.compile`` (graphed on a GPU, called
-        as it is elsewhere)."""
-        def new_cache() -> KVCache:
-            return KVCache(self.depth, rows, self.heads, self.max_length, self.dim // self.heads,
-                           device, self.position.dtype)
-
-        graphed = device.type == "cuda" and not self.training
-        key = (rows, str(device), self.position.dtype, tuple(p.data_ptr() for p in self.parameters()))
-        held = _GRAPHS.get(self, {}).get(compiled)
-        if graphed and held is not None and held[0] == key:
-            for pair in held[2].pairs:
-                pair.zero_()
-            return held[1], held[2]
-        _GRAPHS.get(self, {}).pop(compiled, None)  # an earlier graph and cache are freed first
-        cache = new_cache()
-        token = torch.zeros(rows, dtype=torch.long, device=device)
-        position = torch.zeros(1, dtype=torch.long, device=device)
-        step = torch.compile(self.step, fullgraph=True, dynamic=False) if compiled else self.step
-
-        def eager(new: torch.Tensor, at: int) -> torch.Tensor:  # the slots up to ``at`` alone
-            if compiled:  # the fixed-shape step: one compiled program for every position
-                position.fill_(at)
-                return step(new, position, cache)
-            return self(new.unsqueeze(1), cache, at)[:, -1]
-
-        if not graphed:
-            return eager, cache
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        # full precision: autocast's weight cache must not be captured (the graph is replayed
-        # whatever autocast says when it is). thread_local: a loader's pin-memory thread may
-        # allocate while this thread captures.
-        try:
-            with torch.autocast("cuda", enabled=False):
-                with torch.cuda.stream(stream):  # warm-up (lazy initialisation) outside the capture
-                    for _ in range(2):
-                        step(token, position, cache)
-                torch.cuda.current_stream(device).wait_stream(stream)
-                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    logits = step(token, position, cache)
-                    position.add_(1)  # where the next replay writes, unless told otherwise
-        except RuntimeError as err:  # an optimisation only: sample step by step instead
-            warnings.warn(f"PixelGPT: sampling without a CUDA graph ({err})", stacklevel=3)
-            return eager, cache
-        at_next = [-1]  # the position the graph holds after the last replay
-
-        def replay(new: torch.Tensor, at: int) -> torch.Tensor:
-            token.copy_(new)
-            if at != at_next[0]:
-                position.fill_(at)
-            graph.replay()
-            at_next[0] = at + 1
-            return logits  # overwritten by the next replay: read it before
-
-        size = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
-        if size <= KEEP_GRAPH_BYTES:  # nothing kept refers to the model, which can still be freed
-            _GRAPHS.setdefault(self, {})[compiled] = (key, replay, cache)
-        return replay, cache
-
-
-def cuda_graph_replay(model: PixelGPT, compiled: bool = False):
-    """The CUDA graph of ``model``'s cached step that :meth:`PixelGPT.generate` kept (of its
-    compiled step with ``compiled``), as ``replay(token, at) -> logits``: one step for the
-    (rows,) ``token`` at position ``at``; the logits are overwritten by the next replay. Raises
-    KeyError when none is kept (no GPU, not sampled yet, capture failed, or a large cache)."""
-    held = _GRAPHS.get(model, {}).get(compiled)
-    if held is None:
-        raise KeyError(f"no CUDA graph kept for this model's {'compiled ' * compiled}step")
-    return held[1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lmvision import checks
 from lmvision.errors import UserError
 from lmvision.text.hub import from_pretrained
 
@@ -35,10 +36,8 @@ class TransformerTextEncoder(nn.Module):
     def __init__(self, model: nn.Module, pooling: str = "mean", freeze: str = "none",
                  last_n: int = 1) -> None:
         super().__init__()
-        if pooling not in POOLINGS:
-            raise UserError(f"text_encoder.pooling must be one of {POOLINGS}, got {pooling!r}")
-        if freeze not in FREEZE:
-            raise UserError(f"text_encoder.freeze must be one of {FREEZE}, got {freeze!r}")
+        checks.choice("pooling", pooling, POOLINGS)
+        checks.choice("freeze", freeze, FREEZE)
         self.model = model
         self.pooling = pooling
         self.out_dim = int(model.config.hidden_size)
@@ -46,8 +45,7 @@ class TransformerTextEncoder(nn.Module):
             model.requires_grad_(False)
         if freeze == "all_but_last_n":
             layers = _layers(model)
-            if not 1 <= last_n <= len(layers):
-                raise UserError(f"text_encoder.last_n must be between 1 and {len(layers)}, got {last_n}")
+            checks.whole_number("last_n", last_n, minimum=1, maximum=len(layers))
             for layer in layers[-last_n:]:
                 layer.requires_grad_(True)
         # from_pretrained returns a model in eval mode: train what is trained (dropout on),

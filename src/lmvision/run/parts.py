@@ -53,6 +53,8 @@ def check_run_options(cfg: DictConfig) -> None:
     """The run-wide options of train.yaml, which no class signature checks."""
     from lmvision.checks import ArgumentError, whole_number
 
+    if not cfg.get("train", True) and not cfg.get("ckpt_path"):
+        raise UserError("train=false tests a checkpoint: give ckpt_path=<checkpoint to test>")
     if cfg.get("ckpt_path") and cfg.get("init_from"):
         raise UserError("give ckpt_path (resume a run) or init_from (start a new run from "
                         "another run's weights), not both")

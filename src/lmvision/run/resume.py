@@ -116,8 +116,9 @@ def resume_config(cfg: DictConfig, checkpoint: dict, overrides: list[str], ckpt_
         if may_change(key) and not override.is_delete():
             value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
             OmegaConf.update(run, key, value, merge=False, force_add=True)
-    if "hydra" in cfg:
-        with open_dict(run):
+    with open_dict(run):  # where this process writes: its own directory, as composed now
+        run.paths = cfg.paths
+        if "hydra" in cfg:
             run.hydra = cfg.hydra
     OmegaConf.set_struct(run, True)
     return run

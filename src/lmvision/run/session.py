@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lmvision.errors import Preempted, UserError, user_error_in
 from lmvision.files import read_json, write_json
@@ -120,6 +120,10 @@ class RunSession:
         if self.ckpt_path:
             self.checkpoint = checkpoints.read(self.ckpt_path, "ckpt_path")
             self._restore_config()
+            strategy = self.cfg.strategy  # the record was started before the config was restored
+            self.record.update(choices=self.choices, seed=self.cfg.get("seed"),
+                               monitor=strategy.get("monitor"),
+                               monitor_mode=strategy.get("monitor_mode"))
             if self.fitting:
                 self.record.update(resumed_from=str(self.ckpt_path))  # a loose checkpoint
 
@@ -129,8 +133,10 @@ class RunSession:
         if self.fitting:
             self.cfg = resume.resume_config(self.cfg, self.checkpoint, self.overrides,
                                             str(self.ckpt_path))
+            chosen_now = {o.key_or_group for o in resume.parse(self.overrides)}
             self.choices = {**self.choices, **trained_with,
-                            **{k: v for k, v in self.choices.items() if k in resume.MAY_CHOOSE}}
+                            **{k: v for k, v in self.choices.items()
+                               if k in resume.MAY_CHOOSE and k in chosen_now}}
         elif stored is not None:
             self.cfg = resume.training_config(self.cfg, stored, self.overrides)
             self.choices = {**self.choices, **resume.training_choices(trained_with,
@@ -156,8 +162,8 @@ class RunSession:
 
         cfg = self.cfg
         datamodule, text, model = self.build()
-        extras = build.instantiate_group(cfg.get("evaluation"))
-        chosen = build.instantiate_group(cfg.get("callbacks")) if callbacks else []
+        extras = build.instantiate_group(cfg.get("evaluation"), cfg)
+        chosen = build.instantiate_group(cfg.get("callbacks"), cfg) if callbacks else []
         chosen.append(RunState(build.config_container(cfg, resolve=False), self.choices, text))
         if cfg.get("stop_after_epochs") is not None:
             chosen.append(StopAfterEpochs(cfg.stop_after_epochs))
@@ -165,7 +171,7 @@ class RunSession:
             chosen.append(Requeue(self.out / "checkpoints" / "last.ckpt"))
         if self.record and self.record.previous_wandb_id and "wandb" in (cfg.get("logger") or {}):
             cfg.logger.wandb.id = self.record.previous_wandb_id  # continue the same W&B run
-        loggers = build.instantiate_group(cfg.get("logger"))
+        loggers = build.instantiate_group(cfg.get("logger"), cfg)
         trainer = build.trainer(cfg, [*chosen, *extras], loggers, **trainer_options)
         return Run(datamodule, model, trainer, text, chosen)
 

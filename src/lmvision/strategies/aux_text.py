@@ -39,7 +39,9 @@ class AuxTextStrategy(ClassificationStrategy):
                  contrastive_weight: float = 0.0, task: str = "multiclass",
                  label_smoothing: float = 0.0, optimizer=None, scheduler=None,
                  monitor: str = "val/acc", monitor_mode: str = "max") -> None:
-        checks.choice("task", task, ("multiclass",))
+        if task != "multiclass":
+            raise checks.ArgumentError("task", "aux_text scores one class per image: it needs "
+                                       "single-label data", task)
         super().__init__(net, num_classes, task, label_smoothing, optimizer, scheduler, monitor,
                          monitor_mode)
         if net.num_classes != num_classes:

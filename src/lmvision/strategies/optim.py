@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from lmvision.errors import UserError
+from lmvision import checks
 
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
 
@@ -45,13 +45,13 @@ class AdamW:
     decay_all: bool = False
 
     def __post_init__(self) -> None:
-        _check("optimizer.lr", self.lr, low=0.0, low_open=True)
-        _check("optimizer.weight_decay", self.weight_decay, low=0.0)
-        _check("optimizer.eps", self.eps, low=0.0, low_open=True)
+        checks.number("lr", self.lr, low=0.0, low_open=True)
+        checks.number("weight_decay", self.weight_decay, low=0.0)
+        checks.number("eps", self.eps, low=0.0, low_open=True)
         if len(self.betas) != 2:
-            raise UserError(f"optimizer.betas must be two numbers, got {list(self.betas)}")
+            raise checks.ArgumentError("betas", "expected two numbers", list(self.betas))
         for i, beta in enumerate(self.betas):
-            _check(f"optimizer.betas[{i}]", beta, low=0.0, high=1.0)
+            checks.number(f"betas[{i}]", beta, low=0.0, high=1.0, high_open=True)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
 
     def build(self, net: nn.Module) -> torch.optim.AdamW:
@@ -78,11 +78,11 @@ class SGD:
     decay_all: bool = False
 
     def __post_init__(self) -> None:
-        _check("optimizer.lr", self.lr, low=0.0, low_open=True)
-        _check("optimizer.momentum", self.momentum, low=0.0, high=1.0)
-        _check("optimizer.weight_decay", self.weight_decay, low=0.0)
+        checks.number("lr", self.lr, low=0.0, low_open=True)
+        checks.number("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        checks.number("weight_decay", self.weight_decay, low=0.0)
         if self.nesterov and self.momentum == 0:
-            raise UserError("optimizer.nesterov=true needs optimizer.momentum > 0")
+            raise checks.ArgumentError("nesterov", "needs momentum > 0", self.nesterov)
 
     def build(self, net: nn.Module) -> torch.optim.SGD:
         return torch.optim.SGD(param_groups(net, self.weight_decay, self.decay_all), lr=self.lr,
@@ -102,8 +102,8 @@ class WarmupCosine:
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        _check("scheduler.warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
-        _check("scheduler.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0, high_open=False)
+        checks.fraction("warmup_fraction", self.warmup_fraction, allow_zero=True)
+        checks.number("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
 
     def build(self, optimizer: torch.optim.Optimizer, total_steps: int) -> LambdaLR:
         total = max(int(total_steps), 1)
@@ -145,17 +145,3 @@ def param_groups(net: nn.Module, weight_decay: float, decay_all: bool = False) -
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     return groups
-
-
-def _check(option: str, value, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = True) -> None:
-    """Raise a UserError naming ``option`` unless ``value`` is a number in the given range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise UserError(f"{option}={value!r}: expected a number")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        span = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
-        raise UserError(f"{option}={value!r}: must be in {span}")

@@ -88,7 +88,7 @@ def prepare_palette(net: PixelLM, datamodule, stage: str, images: int, seed: int
     """Check the image size against the network, and fit the palette on the training pixels
     when training starts (a palette loaded with the weights is kept)."""
     if datamodule.image_size * datamodule.image_size != net.gpt.num_pixels:
-        raise UserError(f"strategy.net.image_size={net.image_size} must equal data.image_size "
-                        f"({datamodule.image_size})")
+        raise UserError(f"strategy.net.image_size must equal data.image_size "
+                        f"({datamodule.image_size}), got {net.image_size}")
     if stage == "fit" and not bool(net.palette.fitted):
         net.palette.fit(datamodule.train_images(images), seed)

@@ -45,7 +45,7 @@ def from_pretrained(factory: Any, name_or_path: str, option: str, **kwargs) -> A
             tried = (f"a local directory {path} (not found), the Hugging Face cache, and the hub "
                      f"({hub})")
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        hint = "" if local else (f"; on a node without network, fetch it first on one with "
-                                 f"network: lmvision-prefetch <this run's overrides>")
+        hint = "" if local else ("; on a node without network, fetch it first on one with "
+                                 "network: lmvision-prefetch <this run's overrides>")
         raise UserError(f"{option}={name_or_path!r}: could not load {factory.__name__}; tried "
                          f"{tried}. ({detail}){hint}") from err
