@@ -121,7 +121,7 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
                 folder = tmp_path / word.split("=", 1)[1]
                 folder.mkdir(parents=True, exist_ok=True)
                 Image.new("RGB", (16, 16), (200, 40, 40)).save(folder / "red.png")
-        args += ["limit=8", f"hydra.run.dir={tmp_path / 'out'}"]
+        args += ["explain.limit=8", f"hydra.run.dir={tmp_path / 'out'}"]
     elif any(need in command for need in NEEDS_GPU_OR_NETWORK):
         # composed, not launched: --cfg job, which a sweep's -m does not take (so a swept
         # option is composed with its first value)

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import compose, run_cli
+from conftest import run_cli
 
 ARGS = ["data.num_images=300", "logger=csv", "trainer.max_epochs=4"]
 SEEN = "+callbacks.seen._target_=seen_items.RecordSeen"
@@ -77,11 +77,11 @@ def test_a_resume_trains_only_the_epochs_left(run):
 def test_the_checkpoint_alone_resumes_any_experiment(tmp_path):
     """`ckpt_path=` alone (as the README shows) takes the run's config from the checkpoint:
     here a fusion run, which the default config (image_classifier) is not."""
-    from lmvision.train import train
-
     run = tmp_path / "fusion"
-    train(compose(["experiment=fusion_shapes", "data.num_images=300", "logger=csv",
-                   "trainer.max_epochs=2", "stop_after_epochs=1"], run))
+    started = run_cli(["-m", "lmvision.train", "experiment=fusion_shapes", "data.num_images=300",
+                       "logger=csv", "trainer.max_epochs=2", "stop_after_epochs=1",
+                       f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert started.returncode == 0, started.stderr[-3000:]
     done = resume(run)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((run / "run.json").read_text())
