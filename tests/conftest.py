@@ -80,6 +80,51 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
                           timeout=timeout, env=full_env)
 
 
+def run_inline(args: list[str], cwd: Path, env: dict | None = None):
+    """``run_cli(["-m", <entry point module>, *options])``, run in this process: the same
+    ``main()`` a console script calls, with this ``sys.argv``, working directory and
+    environment, its output captured, its exit status kept; the interpreter's start and
+    imports are paid once per test worker instead of once per command. For single-process
+    commands only: a DDP run or a sweep of processes re-runs ``sys.argv`` in new processes."""
+    import contextlib
+    import importlib
+    import io
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    assert args[0] == "-m", args
+    module = importlib.import_module(args[1])
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.argv, Path.cwd(), dict(os.environ)
+    sys.argv = [args[1], *args[2:]]
+    os.chdir(cwd)
+    for key, value in (env or {}).items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    status = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            GlobalHydra.instance().clear()
+            try:
+                module.main()
+            except SystemExit as stop:
+                status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            except Exception:  # noqa: BLE001 - as an uncaught error ends a process
+                traceback.print_exc()
+                status = 1
+    finally:
+        GlobalHydra.instance().clear()
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        os.environ.clear()
+        os.environ.update(saved[2])
+    return subprocess.CompletedProcess([sys.executable, *args], status, out.getvalue(),
+                                       err.getvalue())
+
+
 def assert_same_final_weights(first: Path, second: Path) -> dict:
     """Two checkpoints stop at the same epoch and step with the same weights (atol 1e-6);
     returns the first, loaded."""

@@ -10,13 +10,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, compose, run_cli
+from conftest import ROOT, compose, run_cli, run_inline
 
 TINY = ["data.num_images=300", "logger=csv", "debug=limit"]
 
 
 def run_train(args: list[str], run_dir: Path, module: str = "lmvision.train"):
-    return run_cli(["-m", module, *args, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    """A command as a user types it (run in this process: the imports are paid once)."""
+    return run_inline(["-m", module, *args, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
 
 
 def assert_one_line_error(result, message: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_inline
 from data_files import COLORS, hf_saved, write_cifar, write_images
 
 from lmvision.errors import UserError
@@ -416,8 +416,8 @@ def test_the_catalogue_is_large_and_documented():
 
 def test_a_bad_file_from_the_command_line_is_one_line_and_exit_2(tmp_path, folder):
     unreadable(tmp_path, folder)
-    result = run_cli(["-m", "lmvision.train", "data=image_folder", f"data.root={folder}", *FAST,
-                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    result = run_inline(["-m", "lmvision.train", "data=image_folder", f"data.root={folder}",
+                         *FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("lmvision: error:")]
     assert len(errors) == 1 and "0.png: not an image PIL can read" in errors[0]

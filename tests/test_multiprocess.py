@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_inline
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,8 @@ def read(path):
 
 
 def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
-    result = run_cli(["-m", "lmvision.train", "-m", "seed=0,1,2", "backbone=small_cnn,resnet18",
-                      *TINY], cwd=tmp_path, timeout=900)
+    result = run_inline(["-m", "lmvision.train", "-m", "seed=0,1,2",
+                         "backbone=small_cnn,resnet18", *TINY], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     # the default sweep directory: multirun/<name>/<date>/<time>
     (sweep,) = (tmp_path / "multirun" / "image_classifier").glob("*/*")
@@ -35,8 +35,8 @@ def test_sweep_runs_six_jobs_each_with_its_own_record(tmp_path):
     assert f"Sweep {sweep.relative_to(tmp_path)}: 6 of 6 jobs completed" in result.stdout
     check_compare_notebook(sweep)
     # lmvision-compare on the sweep: two groups of three seeds, one tested against the other
-    compared = run_cli(["-m", "lmvision.compare", str(sweep), "--format", "json",
-                        "--baseline", "backbone=small_cnn"], cwd=tmp_path, timeout=120)
+    compared = run_inline(["-m", "lmvision.compare", str(sweep), "--format", "json",
+                           "--baseline", "backbone=small_cnn"], cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
     groups = {g["group"]: g for g in json.loads(compared.stdout)}
     assert sorted(g["n"] for g in groups.values()) == [3, 3]
@@ -48,8 +48,8 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path):
     """The middle job's options leave nothing to train on: the third job still runs, and the
     sweep ends with a summary naming the failure and a non-zero exit status."""
     sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "lmvision.train", "-m", "data.val_fraction=0.1,0.95,0.2", *TINY,
-                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=900)
+    result = run_inline(["-m", "lmvision.train", "-m", "data.val_fraction=0.1,0.95,0.2", *TINY,
+                         f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-3000:]
     assert [read(sweep / str(i) / "run.json")["status"] for i in range(3)] == \
         ["completed", "failed", "completed"]
@@ -59,8 +59,8 @@ def test_a_failing_job_does_not_end_the_sweep(tmp_path):
     assert "data.val_fraction=0.2" in summary[3] and "val/acc_best=" in summary[3]
     assert "lmvision: error: data.val_fraction + data.test_fraction" in result.stderr
     # the same command again would write over those runs: refused before any job starts
-    again = run_cli(["-m", "lmvision.train", "-m", "data.val_fraction=0.1,0.95,0.2", *TINY,
-                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=300)
+    again = run_inline(["-m", "lmvision.train", "-m", "data.val_fraction=0.1,0.95,0.2", *TINY,
+                        f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert again.returncode == 2 and "already holds the runs of a sweep" in again.stderr
     assert [read(sweep / str(i) / "run.json")["status"] for i in range(3)] == \
         ["completed", "failed", "completed"]
@@ -108,9 +108,10 @@ def test_ddp_test_metrics_equal_one_process(tmp_path):
     metrics = {}
     for trainer in ("ddp_cpu", "cpu"):
         out = tmp_path / f"eval-{trainer}"
-        done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={record['checkpoints']['best']}",
-                        f"trainer={trainer}", "+data.datamodule.eval_batch_size=8",
-                        f"hydra.run.dir={out}"], cwd=tmp_path, timeout=600)
+        run = run_cli if trainer == "ddp_cpu" else run_inline  # DDP starts its own processes
+        done = run(["-m", "lmvision.evaluate", f"ckpt_path={record['checkpoints']['best']}",
+                    f"trainer={trainer}", "+data.datamodule.eval_batch_size=8",
+                    f"hydra.run.dir={out}"], cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         metrics[trainer] = read(out / "metrics.json")
         assert read(out / "run.json")["class_split"]["items"]["test"] == 61
@@ -195,9 +196,9 @@ def test_captioner_under_ddp(tmp_path):
 def metrics_of_one_process(checkpoint: str, tmp_path) -> dict:
     """The metrics of ``lmvision-eval`` on ``checkpoint`` with one process, every test item."""
     out = tmp_path / "eval"
-    done = run_cli(["-m", "lmvision.evaluate", f"ckpt_path={checkpoint}", "trainer=cpu",
-                    "debug=limit", "trainer.limit_test_batches=1.0", f"hydra.run.dir={out}"],
-                   cwd=tmp_path, timeout=600)
+    done = run_inline(["-m", "lmvision.evaluate", f"ckpt_path={checkpoint}", "trainer=cpu",
+                       "debug=limit", "trainer.limit_test_batches=1.0", f"hydra.run.dir={out}"],
+                      cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     return read(out / "metrics.json")
 
@@ -216,8 +217,8 @@ def test_ddp_under_multirun_each_job_runs_its_own_processes(tmp_path):
         assert record["device"]["world_size"] == 2
         assert (sweep / job / "train_ddp_process_1.log").is_file()
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
-    compared = run_cli(["-m", "lmvision.compare", str(sweep), "--format", "json"],
-                       cwd=tmp_path, timeout=120)
+    compared = run_inline(["-m", "lmvision.compare", str(sweep), "--format", "json"],
+                          cwd=tmp_path)
     assert compared.returncode == 0, compared.stderr[-2000:]
     (group,) = json.loads(compared.stdout)
     assert group["n"] == 2 and group["seeds"] == [0, 1]

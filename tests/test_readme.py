@@ -14,7 +14,7 @@ import shutil
 import sys
 
 import pytest
-from conftest import ROOT, compose, run_cli
+from conftest import ROOT, compose, run_cli, run_inline
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,10 @@ def test_readme_command_runs(command, trained_run, named_runs, request, tmp_path
             args.append("hydra.sweeper.n_trials=2")  # a search: two trials are enough here
         if not resume:
             args += [f"hydra.run.dir={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    result = run_cli(args, cwd=tmp_path, timeout=900)
+    # one process: run here (the imports paid once); processes of a sweep or DDP: launched
+    own_processes = any("ddp" in w or w.startswith("hydra/launcher=") for w in words)
+    result = (run_cli(args, cwd=tmp_path, timeout=900) if own_processes
+              else run_inline(args, cwd=tmp_path))
     assert result.returncode == 0, f"{sys.executable} {' '.join(args)}\n{result.stderr[-3000:]}"
     if words[0].endswith("lmvision-compare"):
         assert "| backbone=resnet18 data.num_images=300 debug=limit | 2 |" in result.stdout

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_inline
 
 ARGS = ["data.num_images=300", "logger=csv", "trainer.max_epochs=4"]
 SEEN = "+callbacks.seen._target_=seen_items.RecordSeen"
@@ -36,8 +36,8 @@ def stopped(tmp_path_factory) -> Path:
     """An image_classifier run stopped after 2 of its 4 epochs (stop_after_epochs), for which
     run.json says `stopped`; started from the command line, as a user starts one."""
     run = tmp_path_factory.mktemp("resume") / "stopped"
-    done = run_cli(["-m", "lmvision.train", *ARGS, "stop_after_epochs=2",
-                    f"hydra.run.dir={run}"], cwd=run.parent)
+    done = run_inline(["-m", "lmvision.train", *ARGS, "stop_after_epochs=2",
+                       f"hydra.run.dir={run}"], cwd=run.parent)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "stopped"
     return run
@@ -51,10 +51,10 @@ def run(stopped, tmp_path) -> Path:
 
 
 def resume(run: Path, *args: str, cwd: Path | None = None):
-    """``lmvision-train ckpt_path=<run>/checkpoints/last.ckpt <args>``, as a user types it."""
-    return run_cli(["-m", "lmvision.train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                    *args], cwd=cwd or run.parent,
-                   env={"PYTHONPATH": str(Path(__file__).parent)})
+    """``lmvision-train ckpt_path=<run>/checkpoints/last.ckpt <args>``, as a user types it (run
+    in this process: the imports are paid once)."""
+    return run_inline(["-m", "lmvision.train", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                       *args], cwd=cwd or run.parent)
 
 
 def test_a_resume_trains_only_the_epochs_left(run):
@@ -78,9 +78,9 @@ def test_the_checkpoint_alone_resumes_any_experiment(tmp_path):
     """`ckpt_path=` alone (as the README shows) takes the run's config from the checkpoint:
     here a fusion run, which the default config (image_classifier) is not."""
     run = tmp_path / "fusion"
-    started = run_cli(["-m", "lmvision.train", "experiment=fusion_shapes", "data.num_images=300",
-                       "logger=csv", "trainer.max_epochs=2", "stop_after_epochs=1",
-                       f"hydra.run.dir={run}"], cwd=tmp_path)
+    started = run_inline(["-m", "lmvision.train", "experiment=fusion_shapes",
+                          "data.num_images=300", "logger=csv", "trainer.max_epochs=2",
+                          "stop_after_epochs=1", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert started.returncode == 0, started.stderr[-3000:]
     done = resume(run)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,7 +7,7 @@ import json
 
 import optuna
 import pytest
-from conftest import CONF, run_cli
+from conftest import CONF, run_inline
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -98,11 +98,11 @@ def summary(sweep) -> dict:
 @pytest.mark.slow
 def test_the_same_command_continues_the_study(tmp_path):
     search = ["-m", "lmvision.train", "-m", "hparams_search=image_classifier", *TINY]
-    first = run_cli([*search, "hydra.sweeper.n_trials=2"], cwd=tmp_path, timeout=600)
+    first = run_inline([*search, "hydra.sweeper.n_trials=2"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     sweep = tmp_path / "multirun" / "image_classifier" / "search" / "image_classifier"
     assert summary(sweep)["trials"] == 2
-    again = run_cli([*search, "hydra.sweeper.n_trials=3"], cwd=tmp_path, timeout=600)
+    again = run_inline([*search, "hydra.sweeper.n_trials=3"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     result = summary(sweep)
     assert (result["trials"], result["complete"], result["failed"]) == (3, 3, 0)
@@ -115,7 +115,7 @@ def test_the_same_command_continues_the_study(tmp_path):
     metric = json.loads((sweep / str(best["number"]) / "metrics.json").read_text())["val/acc_best"]
     assert best["value"] == pytest.approx(metric)
     assert "Search image_classifier: 3 trials, 3 complete, 0 failed" in again.stdout
-    other = run_cli([*search, "hydra.sweeper.n_trials=4", "seed=5"], cwd=tmp_path, timeout=600)
+    other = run_inline([*search, "hydra.sweeper.n_trials=4", "seed=5"], cwd=tmp_path)
     assert other.returncode == 2 and "was started with the overrides" in other.stderr
 
 
@@ -123,14 +123,15 @@ def test_the_same_command_continues_the_study(tmp_path):
 def test_failed_trials_are_recorded_and_the_search_stops_at_the_failure_rate(tmp_path):
     failing = ["-m", "lmvision.train", "-m", "hparams_search=image_classifier", *TINY,
                "data.batch_size=choice(0)"]  # every trial fails before training
-    tolerant = run_cli([*failing, "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=1.0",
-                        "hydra.sweeper.study_name=tolerant"], cwd=tmp_path, timeout=600)
+    tolerant = run_inline([*failing, "hydra.sweeper.n_trials=2",
+                           "hydra.sweeper.max_failure_rate=1.0",
+                           "hydra.sweeper.study_name=tolerant"], cwd=tmp_path)
     assert tolerant.returncode == 0, tolerant.stderr[-3000:]
     result = summary(tmp_path / "multirun" / "image_classifier" / "search" / "tolerant")
     assert (result["trials"], result["failed"], result["best"]) == (2, 2, None)
     assert all("data.batch_size" in t["error"] for t in result["failed_trials"])
-    strict = run_cli([*failing, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=strict"],
-                     cwd=tmp_path, timeout=600)
+    strict = run_inline([*failing, "hydra.sweeper.n_trials=4",
+                         "hydra.sweeper.study_name=strict"], cwd=tmp_path)
     assert strict.returncode == 2
     assert "1 of 1 trials failed, more than hydra.sweeper.max_failure_rate=0.5" in strict.stderr
     assert summary(tmp_path / "multirun" / "image_classifier" / "search" / "strict")["trials"] == 1

@@ -26,7 +26,7 @@ import studies  # noqa: E402  (experiments/studies.py)
 from studies import mean_std  # noqa: E402
 
 README = HERE / "README.md"
-TARGETS = {"default_acc": 0.95, "default_fit_s": 60.0, "digits_acc": 0.97, "help_s": 2.0,
+TARGETS = {"default_acc": 0.95, "default_fit_s": 30.0, "digits_acc": 0.97, "help_s": 2.0,
            "shapes_per_s": 5000.0}
 
 
@@ -75,7 +75,7 @@ def main() -> int:
         for seed, r in zip(args.seeds, runs):
             rows.append(f"| {name} | {seed} | {r['acc']:.4f} | {r['f1']:.4f} | {r['fit_s']:.1f} | {r['wall_s']:.1f} |")
     checks["default test/acc ≥ 0.95 (every seed)"] = min(r["acc"] for r in default) >= TARGETS["default_acc"]
-    checks["default training ≤ 60 s (every seed)"] = max(r["fit_s"] for r in default) <= TARGETS["default_fit_s"]
+    checks["default training ≤ 30 s (every seed)"] = max(r["fit_s"] for r in default) <= TARGETS["default_fit_s"]
     checks["digits test/acc ≥ 0.97 (every seed)"] = min(r["acc"] for r in digits) >= TARGETS["digits_acc"]
     checks["--help ≤ 2 s"] = help_s <= TARGETS["help_s"]
     checks["shapes ≥ 5,000 images/s on one core"] = shapes_s >= TARGETS["shapes_per_s"]
