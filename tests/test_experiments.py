@@ -149,3 +149,25 @@ def test_pixel_lm_study_smoke_run_refuses_to_write_the_readme(tmp_path):
     result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
                       "--write-readme"], cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "not for the README" in result.stderr
+
+
+def test_the_parity_check_fails_on_a_metric_that_differs_or_goes_missing():
+    """experiments/refactor_parity compares two checkouts' records: equal metrics pass, one
+    that differs or is missing after fails (the study itself needs a second checkout)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location(
+        "parity", ROOT / "experiments" / "refactor_parity" / "run.py")
+    parity = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(parity)
+    record = {"status": "completed", "seed": 0}
+    before = {"run": ({"test/acc": 0.5, "test/loss": 1.25}, record)}
+    assert parity.compare(before, {"run": ({"test/acc": 0.5, "test/loss": 1.25}, record)})[1]
+    assert not parity.compare(before, {"run": ({"test/acc": 0.5, "test/loss": 1.2500001},
+                                               record)})[1]
+    assert not parity.compare(before, {"run": ({"test/acc": 0.5}, record)})[1]
+    lines, same = parity.compare(before, {"run": ({**before["run"][0], "new": 1.0},
+                                                  {**record, "monitor": "val/acc"})})
+    assert same and any("new keys: monitor" in line for line in lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli, run_inline
+from conftest import ROOT, run_inline
 from data_files import COLORS, hf_saved, write_cifar, write_images
 
 from lmvision.errors import UserError

@@ -19,7 +19,6 @@ def register_resolvers() -> None:
     strategy can interpolate `${data.num_classes}` without anyone instantiating the data.
     """
     resolvers = {
-        "lmv.choose": choose,
         "lmv.when_positive": when_positive,
         "lmv.num_classes": spec.num_classes,
         "lmv.num_classes_in": num_classes_in,
@@ -42,15 +41,6 @@ def num_classes_in(kind, where, classes=None, members=None, *, _root_=None):
     cache_dir = OmegaConf.select(_root_, "paths.cache_dir", default=None) \
         if _root_ is not None else None
     return catalog.num_classes(kind, where, classes, members, cache_dir=cache_dir)
-
-
-def choose(option, key, *pairs):
-    """``${lmv.choose:strategy.stage,${.stage},pretrain,A,finetune,B}``: the value paired with
-    the value of ``option``."""
-    table = dict(zip(pairs[::2], pairs[1::2]))
-    if key not in table:
-            raise UserError(f"{option}={key!r}: choose one of {', '.join(map(str, table))}")
-    return table[key]
 
 
 def when_positive(weight, value, otherwise=0):

@@ -57,8 +57,8 @@ class SweepGuard(Callback):
         # the sweep directory names the run (``${name}``: ``${hydra:runtime.choices...}``), and
         # Hydra sets what ``${hydra:...}`` reads only when a job starts: set it now, for the
         # sweep's config, so the directory resolves here, in the sweeper and in cluster jobs
-        if not HydraConfig.initialized():
-            HydraConfig.instance().set_config(config)
+        # (always: a config left from an earlier run in this process would name another sweep)
+        HydraConfig.instance().set_config(config)
         if continues_a_study(config):  # job directories are trial numbers: never reused
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))

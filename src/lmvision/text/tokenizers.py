@@ -172,7 +172,7 @@ class CaptionTokenizer:
             from transformers import AutoTokenizer
 
             return from_pretrained(AutoTokenizer, str(self.name_or_path),
-                                   "strategy.caption_tokenizer.name_or_path")
+                                   "inputs.text.tokenizer.name_or_path")
         return WordPieceTokenizer(self.vocab_size, self.save_dir)(texts)
 
 
