@@ -58,9 +58,24 @@ def read_run(run_dir: Path, stdout: str = "") -> dict:
             "wall_time_s": record["wall_time_s"], "last_lines": stdout.strip().splitlines()[-2:]}
 
 
+# A --smoke (or --quick) check of a study script may set this: its runs then go through the same
+# main() in the script's own process (imports paid once; lmvision.run.inline), not a new one.
+IN_PROCESS = False
+
+
 def _run(module: str, overrides: list[str], run_dir: Path, env: dict[str, str] | None,
          log: Path | None) -> dict:
     cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
+    if IN_PROCESS:
+        from lmvision.run.inline import run_main
+
+        code, stdout, stderr = run_main(module, cmd[3:], Path.cwd(),
+                                        {"WANDB_SILENT": "true", **(env or {})})
+        if log is not None:
+            Path(log).write_text(stdout + stderr)
+        if code != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+        return read_run(run_dir, stdout)
     env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
     if log is None:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)

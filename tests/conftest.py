@@ -35,6 +35,21 @@ def pytest_configure(config):
         import pytorch_lightning  # noqa: F401
 
 
+# The files that take longest start first: `make test` hands whole files to its workers
+# (--dist loadfile) in this order, and a long file started last would leave the other worker
+# idle until it ends. Longest first, as measured (`--durations=0`, summed per file).
+LONGEST_FIRST = ("test_readme.py", "test_multiprocess.py", "test_experiments.py",
+                 "test_train.py", "test_fusion_strategy.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """A cache directory shared by the session, never the user's ~/.cache."""
@@ -81,48 +96,25 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = N
 
 
 def run_inline(args: list[str], cwd: Path, env: dict | None = None):
-    """``run_cli(["-m", <entry point module>, *options])``, run in this process: the same
-    ``main()`` a console script calls, with this ``sys.argv``, working directory and
-    environment, its output captured, its exit status kept; the interpreter's start and
-    imports are paid once per test worker instead of once per command. For single-process
-    commands only: a DDP run or a sweep of processes re-runs ``sys.argv`` in new processes."""
-    import contextlib
-    import importlib
-    import io
-    import traceback
-
-    from hydra.core.global_hydra import GlobalHydra
+    """``run_cli(["-m", <entry point module>, *options])``, run in this process
+    (:func:`lmvision.run.inline.run_main`): the interpreter's start and imports are paid once
+    per test worker instead of once per command. For single-process commands only: a DDP run
+    or a sweep of processes re-runs ``sys.argv`` in new processes."""
+    from lmvision.run.inline import run_main
 
     assert args[0] == "-m", args
-    module = importlib.import_module(args[1])
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.argv, Path.cwd(), dict(os.environ)
-    sys.argv = [args[1], *args[2:]]
-    os.chdir(cwd)
-    for key, value in (env or {}).items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    status = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            GlobalHydra.instance().clear()
-            try:
-                module.main()
-            except SystemExit as stop:
-                status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-            except Exception:  # noqa: BLE001 - as an uncaught error ends a process
-                traceback.print_exc()
-                status = 1
-    finally:
-        GlobalHydra.instance().clear()
-        sys.argv = saved[0]
-        os.chdir(saved[1])
-        os.environ.clear()
-        os.environ.update(saved[2])
-    return subprocess.CompletedProcess([sys.executable, *args], status, out.getvalue(),
-                                       err.getvalue())
+    status, out, err = run_main(args[1], args[2:], cwd, env)
+    return subprocess.CompletedProcess([sys.executable, *args], status, out, err)
+
+
+def run_script_inline(script: Path, args: list[str], cwd: Path, env: dict | None = None):
+    """``run_cli([script, *args])``, run in this process as ``__main__``
+    (:func:`lmvision.run.inline.run_script`): for scripts whose runs are in-process too (a
+    study's ``--smoke``), so nothing is imported twice."""
+    from lmvision.run.inline import run_script
+
+    status, out, err = run_script(script, args, cwd, env)
+    return subprocess.CompletedProcess([sys.executable, str(script), *args], status, out, err)
 
 
 def assert_same_final_weights(first: Path, second: Path) -> dict:

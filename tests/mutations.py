@@ -31,7 +31,7 @@ MUTATIONS = {
         "data/samplers.py",
         "        return iter(range(self.rank, len(self.dataset), self.num_replicas))",
         "        return super().__iter__()  # padded to equal shares",
-        "tests/test_multiprocess.py::test_ddp_test_metrics_equal_one_process"),
+        "tests/test_readme.py::test_readme_command_runs[.venv/bin/lmvision-train trainer=ddp_cpu]"),
     "gen_acc": (
         "evaluation/generation.py",
         "(judge({\"image\": normalise(drawn)}).argmax(1) == labels)",
@@ -43,6 +43,9 @@ MUTATIONS = {
         "target=torch.zeros_like(targets), n_steps=16",
         "tests/test_evaluation.py::test_integrated_gradients_points_at_what_decides_the_class_it"
         "_explains"),
+    "probe_threads": (
+        "evaluation/probes.py", "    _fit_modules()  # their BLAS", "    pass  # their BLAS",
+        "tests/test_pixel_lm.py::test_probe_fits_run_on_one_thread_each_side_by_side"),
 }
 # the resume defects of the issue, each tested against the code before the run session
 BEFORE = [

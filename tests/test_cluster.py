@@ -1,5 +1,6 @@
 """Cluster launches through Hydra: hydra/launcher=slurm on a real one-node SLURM cluster
-(started by tests/cluster/slurm.sh), and hydra/launcher=local_jobs (marked slow)."""
+(started by tests/cluster/slurm.sh), and hydra/launcher=local_jobs's options (its sweep runs
+as the README's line, in tests/test_readme.py) (marked slow)."""
 
 from __future__ import annotations
 
@@ -44,17 +45,6 @@ def test_the_slurm_launcher_asks_for_one_task_per_device():
 
 def read(path):
     return json.loads(path.read_text())
-
-
-@pytest.mark.slow
-def test_a_sweep_through_local_jobs(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli(["-m", "lmvision.train", "-m", "seed=0,1", "hydra/launcher=local_jobs",
-                      *TINY, f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Sweep {sweep}: 2 of 2 jobs completed" in result.stdout
-    assert [read(sweep / j / "run.json")["status"] for j in ("0", "1")] == ["completed"] * 2
-    assert (sweep / ".submitit").is_dir()
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_script_inline
 
 
 @pytest.mark.slow
@@ -61,9 +61,9 @@ def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     script = str(ROOT / "experiments" / "pixel_lm" / "larger_shapes.py")
     kept, again = tmp_path / "kept", tmp_path / "again"
     again.mkdir()
-    result = run_cli([script, "--smoke", "--out", str(tmp_path), "--keep", str(kept),
-                      "--temperatures", "0.5", "--guidance", "2",
-                      "--gen-samples-per-class", "3"], cwd=tmp_path, timeout=900)
+    result = run_script_inline(script, ["--smoke", "--out", str(tmp_path), "--keep", str(kept),
+                                        "--temperatures", "0.5", "--guidance", "2",
+                                        "--gen-samples-per-class", "3"], cwd=tmp_path)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]  # 1: a check failed, no crash
     data = json.loads((tmp_path / "cpu_shapes.json").read_text())
@@ -79,9 +79,9 @@ def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     assert "Data: 300 shapes images" in result.stdout
     assert list((kept / "lm" / "checkpoints").glob("*.ckpt"))
 
-    result = run_cli([script, "--smoke", "--out", str(again), "--from-runs", str(kept),
-                      "--temperatures", "0.5", "--guidance", "2",
-                      "--gen-samples-per-class", "3"], cwd=tmp_path, timeout=900)
+    result = run_script_inline(script, ["--smoke", "--out", str(again), "--from-runs", str(kept),
+                                        "--temperatures", "0.5", "--guidance", "2",
+                                        "--gen-samples-per-class", "3"], cwd=tmp_path)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "pixel LM: training" not in result.stdout  # nothing trained again
@@ -89,8 +89,8 @@ def test_pixel_lm_larger_shapes_study_smoke_run(tmp_path):
     assert redone["pixel_lm"]["probe/acc_best"] == data["pixel_lm"]["probe/acc_best"]
     assert redone["gen_by_setting"] == data["gen_by_setting"]  # seeded sampling
 
-    result = run_cli([script, "--smoke", "--lr", "0.01", "--from-runs", str(kept)], cwd=tmp_path,
-                     timeout=900)
+    result = run_script_inline(script, ["--smoke", "--lr", "0.01", "--from-runs", str(kept)],
+                               cwd=tmp_path)
     assert result.returncode == 1 and "was trained with" in result.stderr  # other options
     assert "Traceback" not in result.stderr, result.stderr[-2000:]  # refused, not crashed
 
@@ -124,8 +124,8 @@ def test_a_study_names_the_commit_given_for_a_copied_tree(monkeypatch):
 def test_pixel_lm_study_smoke_run(tmp_path):
     """The pixel-LM study runs every part, tiny, at two digits seeds: its tables, the per-seed
     line and the issue's checks (their verdicts on a smoke run mean nothing)."""
-    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
-                      "--seeds", "0", "--digits-seeds", "0", "1"], cwd=tmp_path, timeout=900)
+    result = run_script_inline(ROOT / "experiments" / "pixel_lm" / "run.py",
+                               ["--smoke", "--seeds", "0", "--digits-seeds", "0", "1"], cwd=tmp_path)
     assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]  # 1: a check failed, no crash
     out = result.stdout
@@ -146,8 +146,8 @@ def test_pixel_lm_study_smoke_run(tmp_path):
 
 
 def test_pixel_lm_study_smoke_run_refuses_to_write_the_readme(tmp_path):
-    result = run_cli([str(ROOT / "experiments" / "pixel_lm" / "run.py"), "--smoke",
-                      "--write-readme"], cwd=tmp_path, timeout=60)
+    result = run_script_inline(ROOT / "experiments" / "pixel_lm" / "run.py",
+                               ["--smoke", "--write-readme"], cwd=tmp_path)
     assert result.returncode == 2 and "not for the README" in result.stderr
 
 

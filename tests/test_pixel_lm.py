@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from lmvision.checks import ArgumentError
 from lmvision.errors import UserError
@@ -274,39 +275,53 @@ def test_the_all_layers_probe_reads_what_no_single_layer_holds():
     assert values["probe/acc_random_init_all_layers"] < 0.5
 
 
-def test_probe_fits_run_on_one_thread_each_side_by_side(monkeypatch):
+PROBE_THREADS = """
+import json, threading, torch
+from threadpoolctl import threadpool_info
+from lmvision.evaluation import probes
+
+seen = []
+fit = probes._fit
+
+
+def recording(x, y, c):
+    seen.append((threading.get_ident() == main, sorted({p["num_threads"] for p in threadpool_info()})))
+    return fit(x, y, c)
+
+
+probes._fit, probes.JOBS, probes.PARALLEL_MIN_ITEMS = recording, 2, 42
+main = threading.get_ident()
+g = torch.Generator().manual_seed(0)
+
+
+def split(n):
+    labels = torch.arange(n) % 3
+    return {"trained": torch.randn(1, n, 4, generator=g) + labels[:, None].float(),
+            "random": torch.randn(1, n, 4, generator=g),
+            "pixels": torch.randn(1, n, 4, generator=g), "labels": labels}
+
+
+probes.fit_probes({"train": split(30), "val": split(12), "test": split(12)})
+probes.fit_probes({"train": split(30), "val": split(11), "test": split(12)})  # 41: too few
+print(json.dumps(seen))
+"""
+
+
+def test_probe_fits_run_on_one_thread_each_side_by_side(tmp_path):
     """Each fit sees every BLAS and OpenMP pool limited to one thread (beside PyTorch's they
-    would fight over the cores), and the cross-validation fits run off the calling thread."""
-    import threading
-
-    from threadpoolctl import threadpool_info
-
-    from lmvision.evaluation import probes
-
-    seen = []
-    fit = probes._fit
-
-    def recording(x, y, c):
-        seen.append((threading.get_ident(), {p["num_threads"] for p in threadpool_info()}))
-        return fit(x, y, c)
-
-    monkeypatch.setattr(probes, "_fit", recording)
-    monkeypatch.setattr(probes, "JOBS", 2)
-    g = torch.Generator().manual_seed(0)
-
-    def split(n):
-        labels = torch.arange(n) % 3
-        return {"trained": torch.randn(1, n, 4, generator=g) + labels[:, None].float(),
-                "random": torch.randn(1, n, 4, generator=g),
-                "pixels": torch.randn(1, n, 4, generator=g), "labels": labels}
-
-    fit_probes({"train": split(30), "val": split(12), "test": split(12)})
-    assert seen and all(threads == {1} for _, threads in seen)
-    main = threading.get_ident()
+    would fight over the cores), and the cross-validation fits run off the calling thread from
+    probes.PARALLEL_MIN_ITEMS train and val items; below it, all on the calling thread. In a
+    fresh process with the libraries' default threads (not the test workers' one), where
+    scikit-learn's libraries load only when the probes start."""
+    result = run_cli(["-c", PROBE_THREADS], cwd=tmp_path,
+                     env={"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None})
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert all(threads == [1] for _, threads in seen), seen
+    parallel, small = seen[:5 * 16], seen[5 * 16:]
     # per probe: 5 strengths x 3 folds off the calling thread, then the refit on it
-    assert sum(ident != main for ident, _ in seen) == 5 * 15
-    assert sum(ident == main for ident, _ in seen) == 5
-
+    assert sum(not on_main for on_main, _ in parallel) == 5 * 15
+    assert len(small) == 5 * 16 and all(on_main for on_main, _ in small)
 
 def test_probe_folds_are_stratified_over_train_and_val_or_the_given_split():
     train, val = np.repeat([0, 1, 2], 10), np.repeat([0, 1, 2], 4)
@@ -347,7 +362,7 @@ def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
 
     torch._dynamo.reset()
     pretrained = train(make_cfg("experiment=pixel_lm_digits", "logger=csv", "debug=limit",
-                                "trainer.limit_test_batches=1.0", "evaluation.samples.images=4",
+                                "evaluation.samples.images=4",
                                 "evaluation.sampling.compile=true", output_dir=tmp_path / "pre"))
     assert counters["stats"]["unique_graphs"] >= 1  # the grids were sampled by the compiled step
     assert PROBE | {"test/bits_per_dim", "val/bits_per_dim_best"} <= set(pretrained)

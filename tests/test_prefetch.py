@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_inline
 from data_files import hf_saved
 
 from lmvision.errors import UserError
 
 
 def prefetch(args: list[str], cwd, env=None):
-    return run_cli(["-m", "lmvision.prefetch", *args], cwd=cwd, timeout=300, env=env)
+    """lmvision-prefetch with ``args``; in a process of its own where ``env`` names the hub's
+    cache (huggingface_hub reads it once, when it is imported), else run here."""
+    if env and {"HF_HUB_CACHE", "HF_HOME"} & set(env):
+        return run_cli(["-m", "lmvision.prefetch", *args], cwd=cwd, timeout=300, env=env)
+    return run_inline(["-m", "lmvision.prefetch", *args], cwd=cwd, env=env)
 
 
 def test_it_lists_what_a_run_would_download(tmp_path):

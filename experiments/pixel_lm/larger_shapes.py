@@ -76,8 +76,10 @@ def main() -> int:
                         help="the runs kept by an earlier --keep: test them, do not train")
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--smoke", action="store_true",
-                        help="check the script on a CPU: 300 images, 1 epoch, a small model")
+                        help="check the script on a CPU: 300 images, 1 epoch, a small model, "
+                             "the runs in this process")
     args = parser.parse_args()
+    studies.IN_PROCESS = args.smoke
     if args.smoke:
         args.device, args.num_images = "cpu", 300
         args.dim, args.depth, args.heads, args.epochs = 32, 2, 2, 1

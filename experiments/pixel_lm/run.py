@@ -54,11 +54,13 @@ def main() -> int:
     parser.add_argument("--write-readme", action="store_true")
     parser.add_argument("--smoke", action="store_true",
                         help="check the script: each run a few batches of a small model "
-                             "(debug=limit, 300 shapes images); prints its tables, writes nothing")
+                             "(debug=limit, 300 shapes images), run in this process; prints its "
+                             "tables, writes nothing")
     args = parser.parse_args()
     if args.smoke and args.write_readme:
         parser.error("--smoke checks the script; its figures are not for the README")
     digits_seeds = args.digits_seeds or args.seeds
+    studies.IN_PROCESS = args.smoke
     smoke, smoke_lm = (SMOKE, SMOKE_LM) if args.smoke else ([], [])
     extras = SMOKE_EXTRAS if args.smoke else []  # of pretraining's evaluation callbacks
     finetune_epochs = 1 if args.smoke else FINETUNE_EPOCHS

@@ -108,13 +108,14 @@ def plain_probes(merged: dict) -> dict[str, float]:
 
 
 def lmvision_probes(merged: dict, jobs: int | None = None) -> dict[str, float]:
-    """``fit_probes``' accuracies; ``jobs``: fits side by side (``probes.JOBS``) for this call."""
-    default = probes.JOBS
-    probes.JOBS = default if jobs is None else jobs
+    """``fit_probes``' accuracies; ``jobs``: fits side by side (``probes.JOBS``) for this call,
+    at any size (``probes.PARALLEL_MIN_ITEMS`` lifted: a --quick run's 300 scans are below it)."""
+    default, least = probes.JOBS, probes.PARALLEL_MIN_ITEMS
+    probes.JOBS, probes.PARALLEL_MIN_ITEMS = (default if jobs is None else jobs), 0
     try:
         values = probes.fit_probes(merged)
     finally:
-        probes.JOBS = default
+        probes.JOBS, probes.PARALLEL_MIN_ITEMS = default, least
     return {"trained": values["probe/acc_best"], "random": values["probe/acc_random_init"],
             "trained_all_layers": values["probe/acc_all_layers"],
             "random_all_layers": values["probe/acc_random_init_all_layers"],
@@ -126,11 +127,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
                         help="300 scans, one repeat: checks the accuracies, judges no timing")
+    parser.add_argument("--scans", type=int, default=None,
+                        help="this many of the 1,797 scans (default: all; 300 with --quick)")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    merged, gpt = digits_features(300 if args.quick else None)
+    if args.write_readme and (args.quick or args.scans):
+        parser.error("--write-readme needs the full run (no --quick, no --scans)")
+    merged, gpt = digits_features(args.scans or (300 if args.quick else None))
     repeats = 1 if args.quick else args.repeats
     warm = torch.randint(16, (64, 64))
 
@@ -168,6 +173,7 @@ def main() -> int:
     lines = [
         studies.environment_line(),
         f"Command: `python experiments/probe_speed/run.py{' --quick' if args.quick else ''}"
+        f"{f' --scans {args.scans}' if args.scans else ''}"
         f"{' --write-readme' if args.write_readme else ''}`.",
         "",
         f"{n} digits scans ({n_test} in test); PixelGPT dim {DIM}, depth {DEPTH}; median of "

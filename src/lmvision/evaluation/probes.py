@@ -18,6 +18,11 @@ INVERSE_REGULARISATION = (0.01, 0.1, 1.0, 10.0, 100.0)  # logistic regression's 
 FOLDS = 3
 FOLD_SEED = 0
 JOBS = -1  # fits run side by side, one per core (1: one after another)
+# ... when train and val hold at least this many items. Smaller fits are mostly the solver's
+# Python overhead, which holds the GIL: side by side they only add thread switching
+# (experiments/probe_speed/README.md: 255 items 5.8 s one after another, 10.2 s side by side;
+# 510 items 9.6 s and 14.3 s; 850 items 19.4 s and 17.5 s, on 2 cores)
+PARALLEL_MIN_ITEMS = 800
 
 
 def folds(train_labels: np.ndarray, val_labels: np.ndarray, k: int = FOLDS
@@ -33,12 +38,17 @@ def folds(train_labels: np.ndarray, val_labels: np.ndarray, k: int = FOLDS
     return [(np.arange(len(train_labels)), np.arange(len(train_labels), len(labels)))]
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float):
+def _fit_modules():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=c)).fit(x, y)
+    return LogisticRegression, make_pipeline, StandardScaler
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float):
+    logistic_regression, make_pipeline, standard_scaler = _fit_modules()
+    return make_pipeline(standard_scaler(), logistic_regression(max_iter=2000, C=c)).fit(x, y)
 
 
 def probe_accuracies(features: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
@@ -55,13 +65,16 @@ def probe_accuracies(features: dict[str, torch.Tensor], labels: dict[str, torch.
     pairs = folds(labels["train"].numpy(), labels["val"].numpy())
 
     def held_out(c: float, fit: np.ndarray, held: np.ndarray) -> float:
-        with threadpool_limits(limits=1):  # OpenMP's limit holds per thread: each sets its own
+        # OpenMP's limit holds per thread: each sets its own. BLAS's is global, set once by
+        # fit_probes: a thread that restored it on leaving would undo it for the others
+        with threadpool_limits(limits=1, user_api="openmp"):
             return _fit(x[fit], y[fit], c).score(x[held], y[held])
 
     runs = [(c, fit, held) for c in strengths for fit, held in pairs]
     # threads: the solver's products release the GIL for part of each fit, and threads need no
     # copies of the features (experiments/probe_speed measures what they gain)
-    accuracy = Parallel(n_jobs=JOBS, prefer="threads")(delayed(held_out)(*run) for run in runs)
+    jobs = JOBS if len(y) >= PARALLEL_MIN_ITEMS else 1
+    accuracy = Parallel(n_jobs=jobs, prefer="threads")(delayed(held_out)(*run) for run in runs)
     means = np.reshape(accuracy, (len(strengths), len(pairs))).mean(1)  # runs are C-major
     scores = dict(zip(strengths, means.tolist()))
     chosen = max(strengths, key=scores.get)
@@ -90,12 +103,14 @@ def fit_probes(merged: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
     """``probe/*`` metrics from the features of the trained model, of the same architecture
     with random weights, and of raw pixels (``merged[split][kind]``: (layers, N, D)).
 
-    The fits run side by side, one per core, each on one thread: they are many small matrix
-    products, and in a process that has trained with PyTorch, the threads of its OpenMP pool
-    and those of scikit-learn's and SciPy's own OpenMP and BLAS libraries would fight over the
-    cores (16 times as long for a digits-sized run on 2 cores: ``experiments/probe_speed``)."""
+    Each fit runs on one thread (side by side, one per core, from ``PARALLEL_MIN_ITEMS``
+    items): they are many small matrix products, and in a process that has trained with
+    PyTorch, the threads of its OpenMP pool and those of scikit-learn's and SciPy's own OpenMP
+    and BLAS libraries would fight over the cores (16 times as long for a digits-sized run on
+    2 cores: ``experiments/probe_speed``)."""
     from threadpoolctl import threadpool_limits
 
+    _fit_modules()  # their BLAS and OpenMP libraries loaded first, so that the limit covers them
     with threadpool_limits(limits=1):
         return _fit_probes(merged)
 
