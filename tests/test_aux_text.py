@@ -93,6 +93,7 @@ def test_a_tuned_text_encoder_learns_from_the_image_loss(minilm):
     assert "logit_scale" not in dict(net.named_parameters())
 
 
+@pytest.mark.slow
 def test_zero_shot_run_records_descriptions_explanations_and_beats_chance(make_cfg, tmp_path):
     """A short real run: unseen colour-shape combinations are recognised from their
     descriptions far above chance (1 in 6 among the unseen classes)."""

@@ -111,6 +111,7 @@ def test_spared_main_process_survives_a_failing_child_and_its_siblings_are_ended
     assert f"SURVIVED True {-signal.SIGKILL}" in result.stdout
 
 
+@pytest.mark.slow
 def test_finishing_the_observers_waits_for_or_kills_the_children_and_stops_the_threads():
     result = run_python("""
         import subprocess, sys, threading

@@ -36,6 +36,7 @@ def test_pixel_lm_speed_study_quick_run(tmp_path):
     assert "| dim 32, depth 2 | 0 M | 4 | no |" in result.stdout  # the MFU code, on a toy model
 
 
+@pytest.mark.slow
 def test_probe_speed_study_quick_run(tmp_path):
     """The three sides of the probe benchmark run, and lmvision's fits give the same accuracies
     side by side as one after another (its timings are in its README: the quick run prints its

@@ -22,11 +22,13 @@ def test_each_mode_trains_and_reports_acc_no_text(make_cfg, mode):
         assert metrics["test/acc_no_text"] == metrics["test/acc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["concat", "gated", "cross_attention", "film"])
 def test_each_fusion_module_learns(make_cfg, fusion):
-    """Six short epochs of each fusion on color_shape (24 classes): far above chance (1/24).
-    (Whether fusing beats each modality alone is measured by experiments/fusion.)"""
-    metrics = train(make_cfg(*BASE, "data.num_images=1500", "trainer.max_epochs=6",
+    """Four short epochs of each fusion on color_shape (24 classes): far above chance (1/24;
+    each reached 0.475-0.55 here). (Whether fusing beats each modality alone is measured by
+    experiments/fusion.)"""
+    metrics = train(make_cfg(*BASE, "data.num_images=1000", "trainer.max_epochs=4",
                              "callbacks.progress_bar.refresh_rate=0", f"fusion={fusion}",
                              "strategy.net.modality_dropout=0.3"))
     assert metrics["test/acc"] >= 0.35, metrics

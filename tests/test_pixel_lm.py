@@ -357,6 +357,7 @@ def test_the_datamodule_serves_raw_pixels_when_asked(make_cfg):
     assert kinds == ["ToDtype", "RandomAffine"]  # digits' geometric augmentation, no Normalize
 
 
+@pytest.mark.slow
 def test_pretrain_then_finetune_from_its_weights(make_cfg, tmp_path):
     from torch._dynamo.utils import counters
 

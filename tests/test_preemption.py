@@ -69,6 +69,7 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setup", sorted(SETUPS))
 def test_a_warned_job_saves_mid_epoch_and_its_requeued_job_ends_like_an_unstopped_run(
         make_cfg, tmp_path, monkeypatch, submitit_handler, setup):

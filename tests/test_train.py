@@ -264,6 +264,7 @@ def test_a_failing_run_keeps_what_it_had_written(make_cfg, tmp_path, monkeypatch
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
 
 
+@pytest.mark.slow
 def test_default_command_trains_and_prints_run_dir_and_metrics(tmp_path):
     """`python -m lmvision.train` as a user runs it (W&B offline), with a tiny budget."""
     run_dir = tmp_path / "default"

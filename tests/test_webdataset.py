@@ -319,6 +319,7 @@ def test_webdataset_under_ddp_each_sample_once_per_epoch(tmp_path):
     assert seen[0]["0"] != seen[0]["1"]  # each epoch reshuffles the shards
 
 
+@pytest.mark.slow
 def test_a_bad_image_found_while_training_is_one_line_naming_it(tmp_path):
     """With data.verify=false a bad image is found where a loader worker reads it: the run
     stops with one line naming the shard and the sample, exit status 2, its record failed."""
