@@ -99,10 +99,13 @@ def run_inline(args: list[str], cwd: Path, env: dict | None = None):
     """``run_cli(["-m", <entry point module>, *options])``, run in this process
     (:func:`lmvision.run.inline.run_main`): the interpreter's start and imports are paid once
     per test worker instead of once per command. For single-process commands only: a DDP run
-    or a sweep of processes re-runs ``sys.argv`` in new processes."""
+    or a sweep of processes re-runs ``sys.argv`` in new processes. With
+    ``LMVISION_TESTS_IN_SUBPROCESS`` set, a process of its own (``run_cli``)."""
+    assert args[0] == "-m", args
+    if os.environ.get("LMVISION_TESTS_IN_SUBPROCESS"):  # tests/mutations.py --before: other code
+        return run_cli(args, cwd, env=env)
     from lmvision.run.inline import run_main
 
-    assert args[0] == "-m", args
     status, out, err = run_main(args[1], args[2:], cwd, env)
     return subprocess.CompletedProcess([sys.executable, *args], status, out, err)
 

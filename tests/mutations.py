@@ -81,6 +81,12 @@ def last_line(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else result.stderr.strip().splitlines()[-1]
 
 
+def failure(result: subprocess.CompletedProcess) -> str:
+    """The first assertion or error line of a failed test (``E   ...``): why it failed."""
+    return next((line.strip() for line in result.stdout.splitlines() if line.startswith("E ")),
+                "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"some of {', '.join(MUTATIONS)}")
@@ -98,12 +104,13 @@ def main() -> int:
               f"{defect.strip()!r}\n    as it is: {last_line(clean)}\n    mutated:  "
               f"{last_line(broken)}", flush=True)
     if args.before:
+        os.environ["LMVISION_TESTS_IN_SUBPROCESS"] = "1"  # the old code has no lmvision.run
         for test in BEFORE:
             before = pytest(test, args.before / "src")
             ok = before.returncode != 0
             caught &= ok
             print(f"{'FAILED BEFORE' if ok else 'PASSED BEFORE (not caught)'} {test}\n    "
-                  f"{last_line(before)}", flush=True)
+                  f"{last_line(before)}\n    {failure(before)}", flush=True)
     return 0 if caught else 1
 
 
