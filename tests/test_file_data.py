@@ -498,6 +498,7 @@ NEEDS = {"fusion_shapes": "text", "captioner_shapes": "caption", "pixel_lm_shape
 EXTRA = {"aux_text_shapes": ["descriptions=class_name"]}
 
 
+@pytest.mark.slow  # 30 runs: `make test` (each dataset's own tests stay in the fast part)
 @pytest.mark.parametrize("data", sorted(STRINGS))
 @pytest.mark.parametrize("experiment", ["baseline_shapes", "fusion_shapes", "aux_text_shapes",
                                         "captioner_shapes", "pixel_lm_shapes"])

@@ -38,7 +38,9 @@ NEEDS_FILES = {"pixel_lm_cifar10": ["strategy.net.num_colors=64", "strategy.net.
                                     "evaluation.samples.images=0"]}
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# pixel_lm pretraining probes and samples even in a fast_dev_run (8-11 s each): `make test`
+@pytest.mark.parametrize("experiment", [
+    pytest.param(e, marks=pytest.mark.slow) if e.startswith("pixel_lm") else e for e in EXPERIMENTS])
 def test_every_experiment_runs_with_fast_dev_run(make_cfg, tmp_path, experiment):
     extra = []
     if experiment in NEEDS_FILES:
