@@ -65,26 +65,24 @@ IN_PROCESS = False
 
 def _run(module: str, overrides: list[str], run_dir: Path, env: dict[str, str] | None,
          log: Path | None) -> dict:
-    cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]
+    argv = [*overrides, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", module, *argv]
+    env = {"WANDB_SILENT": "true", **(env or {})}
     if IN_PROCESS:
         from lmvision.run.inline import run_main
 
-        code, stdout, stderr = run_main(module, cmd[3:], Path.cwd(),
-                                        {"WANDB_SILENT": "true", **(env or {})})
+        code, stdout, stderr = run_main(module, argv, Path.cwd(), env)
         if log is not None:
             Path(log).write_text(stdout + stderr)
-        if code != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
-        return read_run(run_dir, stdout)
-    env = {**os.environ, "WANDB_SILENT": "true", **(env or {})}
-    if log is None:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        stdout, stderr = done.stdout, done.stderr
+    elif log is None:
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        code, stdout, stderr = done.returncode, done.stdout, done.stderr
     else:
         with open(log, "w") as out:
-            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+            code = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, **env}).returncode
         stdout = stderr = Path(log).read_text()
-    if done.returncode != 0:
+    if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
     return read_run(run_dir, stdout)
 
