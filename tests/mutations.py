@@ -46,6 +46,12 @@ MUTATIONS = {
     "probe_threads": (
         "evaluation/probes.py", "    _fit_modules()  # their BLAS", "    pass  # their BLAS",
         "tests/test_pixel_lm.py::test_probe_fits_run_on_one_thread_each_side_by_side"),
+    "sweep_dir": (
+        "run/hydra_callbacks.py", "        HydraConfig.instance().set_config(config)\n",
+        "        if not HydraConfig.initialized():\n"
+        "            HydraConfig.instance().set_config(config)\n",
+        "tests/test_multiprocess.py::test_a_sweep_after_another_config_in_the_same_process_names_"
+        "its_own_directory"),
 }
 # the resume defects of the issue, each tested against the code before the run session
 BEFORE = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, run_inline
+from conftest import compose, run_cli, run_inline
 
 pytestmark = pytest.mark.slow
 
@@ -16,6 +16,18 @@ TINY = ["data.num_images=400", "logger=csv", "debug=limit"]
 
 def read(path):
     return json.loads(path.read_text())
+
+
+def test_a_sweep_after_another_config_in_the_same_process_names_its_own_directory(tmp_path):
+    """A sweep started in a process where another config was composed before (as the tests
+    and notebooks do; Hydra keeps it for ``${hydra:...}``): its jobs and summary are in its own
+    multirun/<name>/, not in the directory the earlier config names."""
+    compose(["experiment=fusion_shapes"], tmp_path / "composed")
+    result = run_inline(["-m", "lmvision.train", "-m", "seed=0", "debug=fdr", "logger=csv"],
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "multirun" / "image_classifier").glob("*/*")
+    assert f"Sweep {sweep.relative_to(tmp_path)}: 1 of 1 jobs completed" in result.stdout
 
 
 def test_a_failing_job_does_not_end_the_sweep(tmp_path):

@@ -133,6 +133,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.scans is not None and not 60 <= args.scans <= 1797:  # 60: the untimed warm-up's
+        parser.error(f"--scans must be between 60 and 1797 (the digits scans), got {args.scans}")
     if args.write_readme and (args.quick or args.scans):
         parser.error("--write-readme needs the full run (no --quick, no --scans)")
     merged, gpt = digits_features(args.scans or (300 if args.quick else None))
